@@ -1,0 +1,83 @@
+"""CNN-13, the "ConvLarge" of Laine & Aila (2017), Mean Teacher and VAT.
+
+    conv3x3 128 x3 - maxpool2 - conv3x3 256 x3 - maxpool2 - conv3x3 512 (valid, 8->6)
+    - conv1x1 256 - conv1x1 128 - global average pool - linear
+
+Layers are numbered 1..9 (the convs) for the regularizer spec: BN goes right after a selected conv
+(before its activation); dropout goes after a selected conv's activation, or after the pooling
+stage when one follows it. The default dropout layers are 3 and 6: after each pooling stage.
+With BN after every conv and width 1.0 the model has 3,123,850 parameters.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from regbench import validation
+from regbench.models.common import init_weights, make_activation
+from regbench.regularizers import Placement, plain, resolve, select_layers
+
+# (out_channels, kernel, padding) per conv layer; "pool" marks a 2x2 max-pool after the previous conv.
+ARCHITECTURE: tuple = ((128, 3, 1), (128, 3, 1), (128, 3, 1), "pool",
+                       (256, 3, 1), (256, 3, 1), (256, 3, 1), "pool",
+                       (512, 3, 0), (256, 1, 0), (128, 1, 0))
+N_LAYERS = 9
+DEFAULT_NORM_LAYERS = tuple(range(1, N_LAYERS + 1))
+DEFAULT_DROPOUT_LAYERS = (3, 6)  # followed by the two pooling stages
+
+
+class CNN13(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
+                 placement: Placement | None = None, activation: str = "leaky_relu",
+                 negative_slope: float = 0.1) -> None:
+        super().__init__()
+        placement = placement or Placement("none", (), 0.0, ())
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        channels = in_channels
+        index = 0
+        spec = list(ARCHITECTURE)
+        for position, item in enumerate(spec):
+            if item == "pool":
+                continue
+            index += 1
+            out, kernel, padding = item
+            out = max(1, round(out * width))
+            # Conv keeps its bias even under BN: that is how the reference count of 3,123,850 arises.
+            layers[f"conv{index}"] = nn.Conv2d(channels, out, kernel, padding=padding)
+            if placement.norm == "batch" and index in placement.norm_layers:
+                layers[f"bn{index}"] = nn.BatchNorm2d(out)
+            layers[f"act{index}"] = make_activation(activation, negative_slope)
+            pool_follows = position + 1 < len(spec) and spec[position + 1] == "pool"
+            if pool_follows:
+                layers[f"pool{index}"] = nn.MaxPool2d(2)
+            if index in placement.dropout_layers:
+                layers[f"drop{index}"] = nn.Dropout(placement.dropout_p)
+            channels = out
+        self.features = nn.Sequential(layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+def build(cfg: DictConfig, *, num_classes: int, in_channels: int) -> CNN13:
+    placement = resolve(cfg.regularizer, N_LAYERS, default_norm=DEFAULT_NORM_LAYERS,
+                        default_dropout=DEFAULT_DROPOUT_LAYERS)
+    model = CNN13(num_classes, in_channels, cfg.model.width, placement, cfg.model.activation,
+                  cfg.model.negative_slope)
+    init_weights(model, cfg.model.init, cfg.model.activation, cfg.model.negative_slope)
+    return model
+
+
+def validate_config(cfg: DictConfig) -> None:
+    validation.check_model_common(cfg)
+    validation.number(cfg, "model.width", low=0, low_open=True, high=8)
+    for key, default in (("regularizer.norm.layers", DEFAULT_NORM_LAYERS),
+                         ("regularizer.dropout.layers", DEFAULT_DROPOUT_LAYERS)):
+        try:
+            select_layers(plain(OmegaConf.select(cfg, key)), N_LAYERS, default)
+        except ValueError as err:
+            raise validation.ConfigError(f"{key}: {err}") from None

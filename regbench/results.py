@@ -1,0 +1,135 @@
+"""The run record on disk: metrics.json, history.csv and the sweep's results.csv.
+
+Every file is written atomically (temporary file, flush, fsync, rename): a crash at any instant
+leaves either the old or the new file. results.csv is rebuilt from the runs' metrics.json files
+under a lock, so jobs finishing at the same moment (or on other nodes) cannot lose rows."""
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from regbench.data.files import atomic_path
+
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+RESULTS_FILE = "results.csv"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _replace_durably(tmp: Path, target: Path) -> None:
+    os.replace(tmp, target)
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = atomic_path(path)
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    _replace_durably(tmp, path)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/Inf are not JSON: store them as null (a diverged run's loss) so any reader can parse the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: Path, obj: Mapping[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n")
+
+
+def write_csv_atomic(path: Path, frame: pd.DataFrame) -> None:
+    write_text_atomic(path, frame.to_csv(index=False))
+
+
+def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"test": {"accuracy": 0.9}} -> {"test.accuracy": 0.9}; lists become JSON strings."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(value)
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    with open(run_dir / METRICS_FILE, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def sweep_rows(sweep_dir: Path) -> Iterator[dict[str, Any]]:
+    """One flat row per run record below sweep_dir: the metrics plus the overrides that made the run."""
+    for metrics_file in sorted(sweep_dir.rglob(METRICS_FILE), key=lambda p: str(p)):
+        try:
+            record = read_metrics(metrics_file.parent)
+        except (OSError, json.JSONDecodeError):
+            continue  # a run being written right now; the next update picks it up
+        overrides = record.pop("overrides", {}) or {}
+        row = {"run_dir": str(metrics_file.parent.relative_to(sweep_dir))}
+        row.update(flatten(record))
+        for key, value in overrides.items():
+            row.setdefault(key, value)
+        row["overrides"] = " ".join(f"{k}={v}" for k, v in overrides.items())
+        yield row
+
+
+@contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def update_sweep_results(sweep_dir: Path) -> pd.DataFrame:
+    """Rebuild sweep_dir/results.csv from every run record in the sweep; return it."""
+    sweep_dir = Path(sweep_dir)
+    with locked(sweep_dir / ".results.lock"):
+        frame = pd.DataFrame(list(sweep_rows(sweep_dir)))
+        if not frame.empty:
+            first = [c for c in ("run_dir", "status", "task", "model", "regularizer", "optimizer", "seed")
+                     if c in frame.columns]
+            frame = frame[first + [c for c in frame.columns if c not in first]]
+        write_csv_atomic(sweep_dir / RESULTS_FILE, frame)
+    return frame
+
+
+def summary_table(frame: pd.DataFrame) -> str:
+    """A short, readable table of a sweep for the terminal."""
+    if frame.empty:
+        return "(no finished runs)"
+    primary = frame["primary_metric"].iloc[0] if "primary_metric" in frame else "accuracy"
+    columns = [c for c in ("task", "regularizer", "optimizer", "seed", "status", "best_epoch",
+                           f"train.{primary}", f"val.{primary}", f"test.{primary}", "gap", "params",
+                           "train_time_s") if c in frame.columns]
+    table = frame[columns].copy()
+    for c in table.columns:
+        if table[c].dtype.kind == "f":
+            table[c] = table[c].map(lambda v: f"{v:.4f}" if c != "train_time_s" else f"{v:.1f}")
+    return table.to_string(index=False)

@@ -1,0 +1,248 @@
+"""The task-agnostic train / evaluate loop and the run record it leaves. It never names a task."""
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from regbench import __version__, complexity
+from regbench.optim import build_optimizer, build_scheduler
+from regbench.regularizers import clip_gradients
+from regbench.results import CHECKPOINT_DIR, HISTORY_FILE, METRICS_FILE, write_csv_atomic, write_json_atomic
+from regbench.seeding import seed_everything
+from regbench.tasks import TASKS
+
+log = logging.getLogger(__name__)
+
+# Check for a non-finite loss every this many steps: often enough to stop a diverged run quickly,
+# rarely enough that a GPU is not forced to wait for the host on every step.
+NONFINITE_CHECK_EVERY = 25
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from regbench.errors import ConfigError
+
+        raise ConfigError(f"trainer.device={name!r} but no CUDA device is available: use trainer.device=auto or cpu")
+    return device
+
+
+def versions() -> dict[str, Any]:
+    import hydra
+    import torchvision
+
+    return {"regbench": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "hydra": hydra.__version__,
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Run:
+    """One training run: build everything from the config, train, evaluate, write the record."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, overrides: dict[str, str] | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.overrides = overrides or {}
+        self.started = time.time()
+        self.record: dict[str, Any] = {
+            "status": "running", "task": cfg.task.name, "model": cfg.model.name,
+            "regularizer": cfg.regularizer.name, "optimizer": cfg.optimizer.name, "schedule": cfg.schedule.name,
+            "seed": int(cfg.seed), "primary_metric": None, "best_epoch": None, "epochs_run": 0,
+            "train": {}, "val": {}, "test": {}, "gap": None, "params": None, "flops_per_example": None,
+            "train_time_s": 0.0, "eval_time_s": 0.0, "wall_time_s": None, "peak_memory_bytes": None,
+            "peak_memory_kind": None, "device": None, "precision": None, "data": {}, "versions": versions(),
+            "git_commit": git_commit(), "host": socket.gethostname(),
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished_at": None,
+            "error": None, "overrides": self.overrides,
+        }
+        self.history: list[dict[str, Any]] = []
+
+    # -- the record ------------------------------------------------------------------------------
+    def _write_record(self) -> None:
+        self.record["wall_time_s"] = round(time.time() - self.started, 3)
+        write_json_atomic(self.run_dir / METRICS_FILE, self.record)
+
+    def _write_history(self) -> None:
+        import pandas as pd
+
+        write_csv_atomic(self.run_dir / HISTORY_FILE, pd.DataFrame(self.history))
+
+    # -- the run -------------------------------------------------------------------------------------
+    def execute(self) -> dict[str, Any]:
+        try:
+            self._train()
+        except BaseException as err:  # record every way a run can end, then let the caller decide
+            self.record["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            self.record["error"] = f"{type(err).__name__}: {err}"
+            self.record["traceback"] = traceback.format_exc(limit=20)
+            self._finish()
+            raise
+        self._finish()
+        return self.record
+
+    def _finish(self) -> None:
+        self.record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if self.history:
+            self._write_history()
+        self._write_record()
+
+    def _train(self) -> None:
+        cfg, tcfg = self.cfg, self.cfg.trainer
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if tcfg.threads:
+            torch.set_num_threads(tcfg.threads)
+        device = resolve_device(tcfg.device)
+        use_bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and device.type == "cuda")
+        self.record.update(device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+                           precision="bf16" if use_bf16 else "fp32")
+        complexity.reset_peak_memory(device)
+        generator = seed_everything(cfg.seed)
+
+        task = TASKS[cfg.task.name](cfg, device)
+        self.record["primary_metric"] = metric = task.primary_metric
+        self.record["data"] = task.data_summary()
+        torch.manual_seed(cfg.seed)  # model init does not depend on how much randomness data loading used
+        model = task.build_model().to(device)
+        self.record["params"] = complexity.count_parameters(model)
+        self.record["flops_per_example"] = complexity.forward_flops(model, task.example_input())
+
+        optimizer, decoupled_wd = build_optimizer(cfg, model)
+        steps_per_epoch = task.num_train_batches()
+        scheduler = build_scheduler(cfg, optimizer, steps_per_epoch, steps_per_epoch * tcfg.max_epochs)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        params = [p for p in model.parameters() if p.requires_grad]
+        l1_params = [p for p in params if p.ndim > 1]  # weights, not biases or norm scales
+        clip_mode, clip_max = cfg.regularizer.grad_clip.mode, float(cfg.regularizer.grad_clip.max)
+        show_progress = tcfg.progress and sys.stderr.isatty()
+        better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
+
+        best_value, best_state, bad_epochs = None, None, 0
+        for epoch in range(1, tcfg.max_epochs + 1):
+            model.train()
+            sums: dict[str, torch.Tensor] = {}
+            norms = torch.zeros(steps_per_epoch, device=device)
+            clipped = torch.zeros((), device=device)
+            lr = optimizer.param_groups[0]["lr"]
+            t0 = time.perf_counter()
+            diverged = False
+            batches = tqdm(task.train_batches(generator), total=steps_per_epoch, disable=not show_progress,
+                           desc=f"epoch {epoch}/{tcfg.max_epochs}", leave=False, dynamic_ncols=True)
+            for step, batch in enumerate(batches):
+                with autocast:
+                    loss, stats = task.training_step(model, batch)
+                objective = loss
+                if cfg.penalty.l1 > 0:
+                    objective = loss + cfg.penalty.l1 * sum(p.abs().sum() for p in l1_params)
+                optimizer.zero_grad(set_to_none=True)
+                objective.backward()
+                norms[step], fired = clip_gradients(params, clip_mode, clip_max)
+                clipped += fired
+                if decoupled_wd is not None:
+                    decoupled_wd.apply()
+                optimizer.step()
+                scheduler.step()
+                for key, value in stats.items():
+                    sums[key] = sums[key] + value if key in sums else value.detach().clone()
+                if (step + 1) % NONFINITE_CHECK_EVERY == 0 and not torch.isfinite(sums["loss_sum"]):
+                    diverged = True
+                    break
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_time = time.perf_counter() - t0
+            steps_done = step + 1
+            epoch_sums = {k: float(v) for k, v in sums.items()}
+            train_metrics = task.train_metrics(epoch_sums)
+            diverged = diverged or not math.isfinite(train_metrics["loss"])
+            norms = norms[:steps_done].float()
+            row: dict[str, Any] = {"epoch": epoch}
+            row.update({f"train_{k}": v for k, v in train_metrics.items()})
+            self.record["train_time_s"] = round(self.record["train_time_s"] + train_time, 3)
+            self.record["epochs_run"] = epoch
+            if diverged:
+                row.update(lr=lr, train_time_s=train_time, eval_time_s=0.0)
+                self.history.append(row)
+                self.record["status"] = "diverged"
+                log.warning("epoch %d: the training loss is not finite: the run diverged", epoch)
+                break
+
+            t1 = time.perf_counter()
+            model.eval()
+            with torch.no_grad(), autocast:
+                val = task.evaluate(model, "val")
+            eval_time = time.perf_counter() - t1
+            self.record["eval_time_s"] = round(self.record["eval_time_s"] + eval_time, 3)
+            row.update({f"val_{k}": v for k, v in val.items()})
+            row.update(lr=lr, train_time_s=round(train_time, 4), eval_time_s=round(eval_time, 4),
+                       grad_norm_mean=float(norms.mean()), grad_norm_max=float(norms.max()),
+                       grad_norm_min=float(norms.min()), clip_rate=float(clipped) / steps_done)
+            self.history.append(row)
+            self._write_history()
+            log.info("epoch %d/%d  train loss %.4f %s %.4f | val loss %.4f %s %.4f | %.1fs", epoch,
+                     tcfg.max_epochs, train_metrics["loss"], metric, train_metrics[metric], val["loss"], metric,
+                     val[metric], train_time)
+
+            if best_value is None or better(val[metric], best_value):
+                best_value, bad_epochs = val[metric], 0
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                self.record["best_epoch"] = epoch
+                self.record["val"] = val
+                if tcfg.save_checkpoint:
+                    self._save_checkpoint(best_state, epoch, val)
+            else:
+                bad_epochs += 1
+                if tcfg.early_stopping.patience and bad_epochs >= tcfg.early_stopping.patience:
+                    log.info("early stopping: no better val %s for %d epochs", metric, bad_epochs)
+                    break
+
+        if best_state is not None:
+            model.load_state_dict(best_state)
+            model.eval()
+            t1 = time.perf_counter()
+            with torch.no_grad(), autocast:
+                self.record["test"] = task.evaluate(model, "test")
+                self.record["train"] = task.evaluate(model, "train")
+            self.record["eval_time_s"] = round(self.record["eval_time_s"] + time.perf_counter() - t1, 3)
+            self.record["gap"] = self.record["train"][metric] - self.record["test"][metric]
+        if self.record["status"] == "running":
+            self.record["status"] = "completed"
+        self.record["peak_memory_bytes"], self.record["peak_memory_kind"] = complexity.peak_memory(device)
+
+    def _save_checkpoint(self, state: dict[str, torch.Tensor], epoch: int, val: dict[str, float]) -> None:
+        from regbench.data.files import atomic_path
+
+        target = self.run_dir / CHECKPOINT_DIR / "best.pt"
+        tmp = atomic_path(target)
+        torch.save({"model": state, "epoch": epoch, "val": val,
+                    "config": OmegaConf.to_container(self.cfg, resolve=True)}, tmp)
+        tmp.replace(target)
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train one configuration and write its record into run_dir; return metrics.json's content."""
+    return Run(cfg, run_dir, overrides).execute()
+

@@ -1,0 +1,59 @@
+"""What a task gives the runner. The runner never names a task; it only calls these methods."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+Batch = Any
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    primary_metric: ClassVar[str]          # a key of evaluate()'s result, e.g. "accuracy"
+    higher_is_better: ClassVar[bool] = True
+
+    def __init__(self, cfg: DictConfig, device: torch.device) -> None:
+        self.cfg = cfg
+        self.device = device
+
+    @classmethod
+    @abstractmethod
+    def validate_config(cls, cfg: DictConfig) -> None:
+        """Raise ConfigError for a bad task key (`data.*`)."""
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """The model named by cfg.model, sized for this task's inputs and outputs."""
+
+    @abstractmethod
+    def num_train_batches(self) -> int: ...
+
+    @abstractmethod
+    def train_batches(self, generator: torch.Generator) -> Iterator[Batch]:
+        """One epoch of training batches, already on the device, in an order drawn from `generator`."""
+
+    @abstractmethod
+    def training_step(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """(mean loss to minimise, summed statistics to accumulate over the epoch as device tensors)."""
+
+    @abstractmethod
+    def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """Turn one epoch's accumulated statistics into {"loss": ..., primary_metric: ...}."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        """Metrics on "val", "test" or "train" (a fixed, unaugmented subset of the training split).
+        Called under torch.no_grad() and the run's autocast, with the model in eval mode."""
+
+    @abstractmethod
+    def example_input(self) -> Tensor:
+        """One input example (batch of 1) on the device, for FLOP counting."""
+
+    def data_summary(self) -> dict[str, Any]:
+        """Sizes of the splits and where the data came from, for the run record."""
+        return {}

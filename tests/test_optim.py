@@ -1,0 +1,118 @@
+"""Optimizers, schedules, weight decay, L1 and gradient clipping, each checked on real steps."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from regbench.optim import build_optimizer, build_scheduler, lr_factor
+from regbench.regularizers import clip_gradients
+
+OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+
+
+def quadratic_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+
+
+def loss_of(model: nn.Module) -> torch.Tensor:
+    x = torch.linspace(-1, 1, 32).reshape(8, 4)
+    return ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_takes_steps_that_lower_the_loss(compose_cfg, name):
+    cfg = compose_cfg(f"optimizer={name}", "optimizer.lr=0.01")
+    model = quadratic_model()
+    optimizer, decoupled = build_optimizer(cfg, model)
+    before = loss_of(model).item()
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss_of(model).backward()
+        if decoupled:
+            decoupled.apply()
+        optimizer.step()
+    assert loss_of(model).item() < before
+
+
+def test_nesterov_and_momentum_are_configured(compose_cfg):
+    opt, _ = build_optimizer(compose_cfg("optimizer=nesterov"), quadratic_model())
+    assert opt.param_groups[0]["nesterov"] is True and opt.param_groups[0]["momentum"] == 0.9
+    opt, _ = build_optimizer(compose_cfg("optimizer=momentum"), quadratic_model())
+    assert opt.param_groups[0]["nesterov"] is False and opt.param_groups[0]["momentum"] == 0.9
+
+
+def test_decoupled_weight_decay_shrinks_weights_by_lr_times_wd(compose_cfg):
+    cfg = compose_cfg("optimizer=sgd", "optimizer.lr=0.1", "optimizer.weight_decay=0.5",
+                      "optimizer.decoupled_weight_decay=true")
+    model = quadratic_model()
+    optimizer, decoupled = build_optimizer(cfg, model)
+    assert decoupled is not None and optimizer.param_groups[0]["weight_decay"] == 0.0
+    w0 = model[0].weight.detach().clone()
+    optimizer.zero_grad()
+    loss_of(model).backward()
+    grad = model[0].weight.grad.clone()
+    decoupled.apply()
+    optimizer.step()
+    assert torch.allclose(model[0].weight, w0 * (1 - 0.1 * 0.5) - 0.1 * grad, atol=1e-6)
+
+
+def test_coupled_weight_decay_goes_to_the_optimizer(compose_cfg):
+    opt, hook = build_optimizer(compose_cfg("optimizer=adam", "optimizer.weight_decay=0.01"), quadratic_model())
+    assert hook is None and isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["weight_decay"] == 0.01
+    opt, hook = build_optimizer(compose_cfg("optimizer=adamw"), quadratic_model())
+    assert hook is None and isinstance(opt, torch.optim.AdamW)
+
+
+def test_schedules(compose_cfg):
+    const = compose_cfg("schedule=constant", "schedule.warmup_epochs=1")
+    assert [lr_factor(const, s, 4, 40) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    step = compose_cfg("schedule=step", "schedule.step_size=2", "schedule.gamma=0.5")
+    assert [lr_factor(step, s, 10, 100) for s in (0, 19, 20, 39, 40)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    milestones = compose_cfg("schedule=step", "schedule.milestones=[3,5]", "schedule.gamma=0.1")
+    assert [lr_factor(milestones, s, 1, 10) for s in (2, 3, 5)] == pytest.approx([1.0, 0.1, 0.01])
+    cos = compose_cfg("schedule=cosine", "schedule.min_lr_ratio=0.1")
+    assert lr_factor(cos, 0, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(cos, 50, 10, 100) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_factor(cos, 100, 10, 100) == pytest.approx(0.1)
+
+
+def test_scheduler_changes_the_optimizer_lr(compose_cfg):
+    cfg = compose_cfg("schedule=cosine", "optimizer=sgd", "optimizer.lr=1.0")
+    opt, _ = build_optimizer(cfg, quadratic_model())
+    sched = build_scheduler(cfg, opt, steps_per_epoch=5, total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1.0) and lrs[5] == pytest.approx(0.5) and lrs == sorted(lrs, reverse=True)
+
+
+def _big_gradients(model: nn.Module) -> list[nn.Parameter]:
+    loss = 1000 * loss_of(model)
+    loss.backward()
+    return list(model.parameters())
+
+
+def test_norm_clipping_bounds_the_global_gradient_norm():
+    params = _big_gradients(quadratic_model())
+    norm, fired = clip_gradients(params, "norm", 0.5)
+    after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    assert norm.item() > 0.5 and bool(fired) and after.item() == pytest.approx(0.5, rel=1e-4)
+
+
+def test_value_clipping_bounds_every_element():
+    params = _big_gradients(quadratic_model())
+    norm, fired = clip_gradients(params, "value", 0.01)
+    assert bool(fired) and max(p.grad.abs().max().item() for p in params) <= 0.01
+
+
+def test_no_clipping_leaves_gradients_alone():
+    params = _big_gradients(quadratic_model())
+    before = [p.grad.clone() for p in params]
+    norm, fired = clip_gradients(params, "none", 0.01)
+    assert not bool(fired) and all(torch.equal(a, p.grad) for a, p in zip(before, params))
