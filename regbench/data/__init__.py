@@ -1,0 +1,1 @@
+"""Dataset loaders: locate or download, verify, decode, cache."""
