@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from regbench import __version__, complexity
 from regbench.optim import build_optimizer, build_scheduler
 from regbench.regularizers import clip_gradients
-from regbench.results import CHECKPOINT_DIR, HISTORY_FILE, METRICS_FILE, write_csv_atomic, write_json_atomic
+from regbench.results import (CHECKPOINT_DIR, HISTORY_FILE, METRICS_FILE, flatten, write_csv_atomic,
+                              write_json_atomic)
 from regbench.seeding import seed_everything
 from regbench.tasks import TASKS
 
@@ -196,15 +197,14 @@ class Run:
                 val = task.evaluate(model, "val")
             eval_time = time.perf_counter() - t1
             self.record["eval_time_s"] = round(self.record["eval_time_s"] + eval_time, 3)
-            row.update({f"val_{k}": v for k, v in val.items()})
+            row.update(flatten(val, "val_"))
             row.update(lr=lr, train_time_s=round(train_time, 4), eval_time_s=round(eval_time, 4),
                        grad_norm_mean=float(norms.mean()), grad_norm_max=float(norms.max()),
                        grad_norm_min=float(norms.min()), clip_rate=float(clipped) / steps_done)
             self.history.append(row)
             self._write_history()
-            log.info("epoch %d/%d  train loss %.4f %s %.4f | val loss %.4f %s %.4f | %.1fs", epoch,
-                     tcfg.max_epochs, train_metrics["loss"], metric, train_metrics[metric], val["loss"], metric,
-                     val[metric], train_time)
+            log.info("epoch %d/%d  train loss %.4f | val loss %.4f %s %.4f | %.1fs", epoch, tcfg.max_epochs,
+                     train_metrics["loss"], val["loss"], metric, val[metric], train_time)
 
             if best_value is None or better(val[metric], best_value):
                 best_value, bad_epochs = val[metric], 0
@@ -228,6 +228,7 @@ class Run:
                 self.record["train"] = task.evaluate(model, "train")
             self.record["eval_time_s"] = round(self.record["eval_time_s"] + time.perf_counter() - t1, 3)
             self.record["gap"] = self.record["train"][metric] - self.record["test"][metric]
+            task.write_outputs(self.run_dir)
         if self.record["status"] == "running":
             self.record["status"] = "completed"
         self.record["peak_memory_bytes"], self.record["peak_memory_kind"] = complexity.peak_memory(device)

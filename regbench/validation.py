@@ -126,8 +126,23 @@ def validate(cfg: DictConfig) -> None:
 
     _choice(cfg, "task.name", tuple(TASKS))
     _choice(cfg, "model.name", tuple(MODELS))
-    TASKS[cfg.task.name].validate_config(cfg)
+    task = TASKS[cfg.task.name]
+    if cfg.model.name not in task.models:
+        raise ConfigError(f"model={cfg.model.name} does not fit task={cfg.task.name}: "
+                          f"use model={' or model='.join(task.models)}")
+    task.validate_config(cfg)
     MODELS[cfg.model.name].validate_config(cfg)
+
+
+def layer_selectors(cfg: DictConfig, n_layers: int, hint: str) -> None:
+    """Both placement selectors must pick layers this model has (1..n_layers)."""
+    from regbench.regularizers import plain, select_layers
+
+    for key in ("regularizer.norm.layers", "regularizer.dropout.layers"):
+        try:
+            select_layers(plain(_get(cfg, key)), n_layers, ())
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err} ({hint})") from None
 
 
 def check_model_common(cfg: DictConfig) -> None:

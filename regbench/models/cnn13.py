@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from regbench import validation
 from regbench.models.common import init_weights, make_activation
-from regbench.regularizers import Placement, plain, resolve, select_layers
+from regbench.regularizers import Placement, resolve
 
 # (out_channels, kernel, padding) per conv layer; "pool" marks a 2x2 max-pool after the previous conv.
 ARCHITECTURE: tuple = ((128, 3, 1), (128, 3, 1), (128, 3, 1), "pool",
@@ -75,9 +75,4 @@ def build(cfg: DictConfig, *, num_classes: int, in_channels: int) -> CNN13:
 def validate_config(cfg: DictConfig) -> None:
     validation.check_model_common(cfg)
     validation.number(cfg, "model.width", low=0, low_open=True, high=8)
-    for key, default in (("regularizer.norm.layers", DEFAULT_NORM_LAYERS),
-                         ("regularizer.dropout.layers", DEFAULT_DROPOUT_LAYERS)):
-        try:
-            select_layers(plain(OmegaConf.select(cfg, key)), N_LAYERS, default)
-        except ValueError as err:
-            raise validation.ConfigError(f"{key}: {err}") from None
+    validation.layer_selectors(cfg, N_LAYERS, "cnn13: layers 1..9 are its convs")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -16,6 +17,7 @@ class Task(ABC):
     name: ClassVar[str]
     primary_metric: ClassVar[str]          # a key of evaluate()'s result, e.g. "accuracy"
     higher_is_better: ClassVar[bool] = True
+    models: ClassVar[tuple[str, ...]]      # the model names that fit this task's inputs and outputs
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         self.cfg = cfg
@@ -51,8 +53,11 @@ class Task(ABC):
         Called under torch.no_grad() and the run's autocast, with the model in eval mode."""
 
     @abstractmethod
-    def example_input(self) -> Tensor:
-        """One input example (batch of 1) on the device, for FLOP counting."""
+    def example_input(self) -> Tensor | tuple[Tensor, ...]:
+        """The model's input for one example (batch of 1) on the device, for FLOP counting."""
+
+    def write_outputs(self, run_dir: Path) -> None:
+        """Write task-specific files (e.g. predictions) after the final test evaluation."""
 
     def data_summary(self) -> dict[str, Any]:
         """Sizes of the splits and where the data came from, for the run record."""

@@ -33,6 +33,7 @@ def balanced_order(labels: np.ndarray, seed: int) -> np.ndarray:
 class Cifar10Task(Task):
     name = "cifar10"
     primary_metric = "accuracy"
+    models = ("cnn13",)
     num_classes = 10
 
     @classmethod

@@ -1,0 +1,175 @@
+"""BiLSTM sequence tagger: word + capitalisation + character features, 1-2 BiLSTM layers, a linear
+layer to tags, and an optional CRF.
+
+Layers for the regularizer spec: 1 = the input features (word, case and char embeddings,
+concatenated), 2..L+1 = the output of each BiLSTM layer. BN normalises the feature dimension over
+real tokens only (padding never enters the statistics); dropout acts on the same places. The
+defaults put both on every layer (dropout on embeddings and LSTM outputs, as Lample et al. 2016).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from regbench import validation
+from regbench.errors import ConfigError
+from regbench.models.common import init_weights
+from regbench.models.crf import CRF
+from regbench.regularizers import Placement, resolve
+
+log = logging.getLogger(__name__)
+
+N_CASE_CLASSES = 6  # pad, lower, UPPER, Title, mIxed, no letters
+
+
+class MaskedBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the feature dimension of (B, T, F) input, computed on real tokens only."""
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
+        out = torch.zeros_like(x)
+        out[mask] = super().forward(x[mask])
+        return out
+
+
+class CharCNN(nn.Module):
+    def __init__(self, num_chars: int, char_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_chars, char_dim, padding_idx=0)
+        self.conv = nn.Conv1d(char_dim, out_dim, kernel_size=3, padding=1)
+
+    def forward(self, chars: Tensor) -> Tensor:  # (N, L) -> (N, out)
+        h = self.conv(self.embedding(chars).transpose(1, 2))  # (N, out, L)
+        h = h.masked_fill((chars == 0)[:, None, :], float("-inf"))
+        return h.amax(dim=2)
+
+
+class CharLSTM(nn.Module):
+    def __init__(self, num_chars: int, char_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_chars, char_dim, padding_idx=0)
+        self.lstm = nn.LSTM(char_dim, out_dim // 2, batch_first=True, bidirectional=True)
+
+    def forward(self, chars: Tensor) -> Tensor:
+        lengths = (chars != 0).sum(1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(self.embedding(chars), lengths, batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.lstm(packed)
+        return torch.cat([h[0], h[1]], dim=1)
+
+
+class BiLSTMTagger(nn.Module):
+    def __init__(self, num_words: int, num_chars: int, num_tags: int, *, word_dim: int = 100, case_dim: int = 8,
+                 char: str = "cnn", char_dim: int = 30, char_hidden: int = 50, hidden: int = 200,
+                 num_layers: int = 1, crf: bool = True, placement: Placement | None = None) -> None:
+        super().__init__()
+        placement = placement or Placement("none", (), 0.0, ())
+        self.word_embedding = nn.Embedding(num_words, word_dim, padding_idx=0)
+        self.case_embedding = nn.Embedding(N_CASE_CLASSES, case_dim, padding_idx=0) if case_dim else None
+        self.char_encoder = {"cnn": CharCNN, "lstm": CharLSTM}[char](num_chars, char_dim, char_hidden) \
+            if char != "none" else None
+        features = word_dim + case_dim + (char_hidden if char != "none" else 0)
+        self.norms = nn.ModuleDict()
+        self.dropouts = nn.ModuleDict()
+        self.lstms = nn.ModuleList()
+        sizes = [features] + [2 * hidden] * num_layers
+        for layer, size in enumerate(sizes, start=1):
+            if placement.norm == "batch" and layer in placement.norm_layers:
+                self.norms[str(layer)] = MaskedBatchNorm(size)
+            if layer in placement.dropout_layers:
+                self.dropouts[str(layer)] = nn.Dropout(placement.dropout_p)
+            if layer <= num_layers:
+                self.lstms.append(nn.LSTM(size, hidden, batch_first=True, bidirectional=True))
+        self.output = nn.Linear(2 * hidden, num_tags)
+        self.crf = CRF(num_tags) if crf else None
+
+    def _regularize(self, layer: int, h: Tensor, mask: Tensor) -> Tensor:
+        key = str(layer)
+        if key in self.norms:
+            h = self.norms[key](h, mask)
+        if key in self.dropouts:
+            h = self.dropouts[key](h)
+        return h
+
+    def forward(self, words: Tensor, chars: Tensor, case: Tensor, mask: Tensor) -> Tensor:
+        """Emission scores (B, T, num_tags) for padded word ids (B, T), char ids (B, T, L), case ids (B, T)."""
+        parts = [self.word_embedding(words)]
+        if self.case_embedding is not None:
+            parts.append(self.case_embedding(case))
+        if self.char_encoder is not None:
+            char_features = parts[0].new_zeros(*words.shape, self._char_out())
+            char_features[mask] = self.char_encoder(chars[mask]).to(char_features.dtype)
+            parts.append(char_features)
+        h = self._regularize(1, torch.cat(parts, dim=-1), mask)
+        lengths = mask.sum(1).cpu()
+        for i, lstm in enumerate(self.lstms, start=2):
+            packed = pack_padded_sequence(h, lengths, batch_first=True, enforce_sorted=False)
+            h, _ = pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=words.shape[1])
+            h = self._regularize(i, h, mask)
+        return self.output(h)
+
+    def _char_out(self) -> int:
+        enc = self.char_encoder
+        return enc.conv.out_channels if isinstance(enc, CharCNN) else 2 * enc.lstm.hidden_size
+
+    def loss(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+        """Mean loss per real token: CRF negative log-likelihood, or cross-entropy without a CRF."""
+        n_tokens = mask.sum().clamp(min=1)
+        if self.crf is not None:
+            return self.crf.nll(emissions, tags, mask).sum() / n_tokens
+        return nn.functional.cross_entropy(emissions.float()[mask], tags[mask], reduction="sum") / n_tokens
+
+    def decode(self, emissions: Tensor, mask: Tensor) -> Tensor:
+        if self.crf is not None:
+            return self.crf.viterbi(emissions, mask)
+        return emissions.argmax(-1) * mask
+
+
+def load_word_vectors(path: Path, vocab: dict[str, int], embedding: nn.Embedding, lowercase: bool) -> int:
+    """Copy vectors for vocabulary words from a word2vec/GloVe text file into `embedding`; return how many."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"model.word_vectors={str(path)!r}: no such file (a text file: word v1 v2 ... per line)")
+    found = 0
+    with torch.no_grad(), open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            fields = line.rstrip().split(" ")
+            if lineno == 1 and len(fields) == 2 and all(f.isdigit() for f in fields):
+                continue  # word2vec header "count dim"
+            word = fields[0].lower() if lowercase else fields[0]
+            if word in vocab and len(fields) - 1 == embedding.embedding_dim:
+                embedding.weight[vocab[word]] = torch.tensor([float(v) for v in fields[1:]])
+                found += 1
+    log.info("loaded %d of %d word vectors from %s", found, len(vocab), path)
+    return found
+
+
+N_LAYERS_EXTRA = 1  # the input-feature layer before the BiLSTM layers
+
+
+def build(cfg: DictConfig, *, num_words: int, num_chars: int, num_tags: int) -> BiLSTMTagger:
+    m = cfg.model
+    n_layers = m.num_layers + N_LAYERS_EXTRA
+    everything = tuple(range(1, n_layers + 1))
+    placement = resolve(cfg.regularizer, n_layers, default_norm=everything, default_dropout=everything)
+    model = BiLSTMTagger(num_words, num_chars, num_tags, word_dim=m.word_dim, case_dim=m.case_dim, char=m.char,
+                         char_dim=m.char_dim, char_hidden=m.char_hidden, hidden=m.hidden, num_layers=m.num_layers,
+                         crf=m.crf, placement=placement)
+    init_weights(model, m.init, "tanh")
+    return model
+
+
+def validate_config(cfg: DictConfig) -> None:
+    validation.choice(cfg, "model.init", validation.INITS)
+    validation.choice(cfg, "model.char", ("cnn", "lstm", "none"))
+    validation.boolean(cfg, "model.crf")
+    validation.boolean(cfg, "model.lowercase")
+    validation.number(cfg, "model.num_layers", low=1, high=2, integer=True)
+    for key in ("word_dim", "hidden", "char_dim", "char_hidden"):
+        validation.number(cfg, f"model.{key}", low=1, integer=True)
+    validation.number(cfg, "model.case_dim", low=0, integer=True)
+    n_layers = cfg.model.num_layers + N_LAYERS_EXTRA
+    validation.layer_selectors(cfg, n_layers, f"bilstm: 1 = input features, 2..{n_layers} = BiLSTM layers")
