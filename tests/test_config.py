@@ -12,6 +12,7 @@ from regbench.validation import validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ["task", "model", "regularizer", "optimizer", "schedule", "trainer", "paths", "augment"]
+TASK_OF_MODEL = {"bilstm": "task=conll2003"}
 
 
 def options(group: str) -> list[str]:
@@ -24,11 +25,16 @@ def test_groups_have_the_options_the_study_needs():
     assert set(options("schedule")) >= {"constant", "step", "cosine"}
     assert set(options("augment")) >= {"standard", "none"}
     assert set(options("experiment")) >= {"quickstart", "regimens"}
+    assert set(options("task")) >= {"cifar10", "conll2003", "conll2000", "conll"}
+    assert set(options("model")) >= {"cnn13", "bilstm"}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_validates(compose_cfg, group, option):
-    cfg = compose_cfg(f"{group}={option}")
+    extra = ["data.dir=/any/corpus"] if (group, option) == ("task", "conll") else []
+    if group == "model" and option in TASK_OF_MODEL:
+        extra.append(TASK_OF_MODEL[option])
+    cfg = compose_cfg(f"{group}={option}", *extra)
     validate(cfg)
     if group == "regularizer":
         assert cfg.regularizer.name == option
@@ -41,6 +47,13 @@ def test_every_option_composes_and_validates(compose_cfg, group, option):
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes_and_validates(compose_cfg, experiment):
     validate(compose_cfg(f"experiment={experiment}"))
+
+
+def test_a_task_brings_its_model_optimizer_and_trainer_defaults_and_the_command_line_wins(compose_cfg):
+    cfg = compose_cfg("task=conll2003")
+    assert (cfg.model.name, cfg.optimizer.name, cfg.trainer.batch_size) == ("bilstm", "adam", 32)
+    cfg = compose_cfg("task=conll2003", "optimizer=momentum", "trainer.batch_size=10")
+    assert (cfg.optimizer.name, cfg.trainer.batch_size) == ("momentum", 10)
 
 
 def test_defaults_match_the_documented_keys(compose_cfg):

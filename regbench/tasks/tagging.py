@@ -68,11 +68,14 @@ class Vocabulary:
         self.tags = {t: i for i, t in enumerate(sorted({t for s in train for t in s.tags}))}
         self.tag_names = sorted(self.tags, key=self.tags.get)
 
-    def encode(self, sentence: conll.Sentence, where: str) -> Encoded:
+    def encode(self, sentence: conll.Sentence, where: str, unseen_tags: str = "error") -> Encoded:
+        """unseen_tags="keep" lets a gold tag the training split lacks through (it is scored as gold and
+        can never be predicted; for the loss alone it counts as "O")."""
         unknown = [t for t in sentence.tags if t not in self.tags]
-        if unknown:
+        if unknown and unseen_tags == "error":
             raise DataError(f"{where}: tag {unknown[0]!r} never occurs in the training split "
-                            f"(known tags: {', '.join(self.tag_names)})")
+                            f"(known tags: {', '.join(self.tag_names)}); set data.unseen_tags=keep to score it anyway")
+        fallback = self.tags.get("O", 0)
         longest = max(len(w) for w in sentence.tokens)
         chars = np.zeros((len(sentence.tokens), longest), dtype=np.int64)
         for i, word in enumerate(sentence.tokens):
@@ -80,7 +83,7 @@ class Vocabulary:
         return Encoded(
             words=np.array([self.words.get(normalise_word(w, self.lowercase), UNK) for w in sentence.tokens]),
             chars=chars, case=np.array([case_class(w) for w in sentence.tokens]),
-            tags=np.array([self.tags[t] for t in sentence.tags]))
+            tags=np.array([self.tags.get(t, fallback) for t in sentence.tags]))
 
 
 def collate(items: list[Encoded], device: torch.device) -> dict[str, Tensor]:
@@ -109,6 +112,7 @@ class TaggingTask(Task):
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
         validation.choice(cfg, "data.metric", ("auto", "span", "accuracy"))
+        validation.choice(cfg, "data.unseen_tags", ("error", "keep"))
         validation.number(cfg, "data.token_column", integer=True)
         if cfg.data.tag_column != "auto":
             validation.number(cfg, "data.tag_column", integer=True)
@@ -142,7 +146,8 @@ class TaggingTask(Task):
         span = metrics.is_span_tagset(tagset) if dcfg.metric == "auto" else dcfg.metric == "span"
         self.primary_metric = "f1" if span else "accuracy"
         self.span = span
-        self.encoded = {split: [self.vocab.encode(s, f"{self.paths.get(split, split)} sentence {i + 1}")
+        self.encoded = {split: [self.vocab.encode(s, f"{self.paths.get(split, split)} sentence {i + 1}",
+                                                  dcfg.unseen_tags)
                                 for i, s in enumerate(sents)] for split, sents in splits.items()}
         self.train_eval_size = min(dcfg.train_eval_size, len(splits["train"]))
         self.predictions: dict[str, list[list[str]]] = {}

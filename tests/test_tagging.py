@@ -1,0 +1,276 @@
+"""The tagging task: CoNLL reader edge cases, vocabulary, the BiLSTM's regularizer mapping, and real
+training runs on tiny corpora written in the on-disk formats of CoNLL-2003 / CoNLL-2000."""
+from __future__ import annotations
+
+import gzip
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import SHARED_DATA
+from regbench import runner
+from regbench.data.conll import Sentence, read_conll
+from regbench.errors import ConfigError, DataError
+from regbench.models import bilstm
+from regbench.results import read_metrics
+from regbench.tasks.tagging import Vocabulary, case_class, normalise_word
+from regbench.validation import validate
+
+# -- reader -------------------------------------------------------------------------------------
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_reader_handles_docstart_tabs_blank_runs_and_trailing_blank_lines(tmp_path):
+    text = "-DOCSTART- -X- O O\n\nEU\tNNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\n\nPeter NNP B-NP B-PER\n\n\n"
+    sents = read_conll(write(tmp_path / "a.txt", text))
+    assert [s.tokens for s in sents] == [["EU", "rejects"], ["Peter"]]
+    assert [s.tags for s in sents] == [["B-ORG", "O"], ["B-PER"]]
+    assert read_conll(tmp_path / "a.txt", tag_column=2)[0].tags == ["B-NP", "B-VP"]
+
+
+def test_reader_reads_gzip(tmp_path):
+    sents = read_conll(write(tmp_path / "train.txt.gz", "He PRP B-NP\nran VBD B-VP\n"))
+    assert sents == [Sentence(["He", "ran"], ["B-NP", "B-VP"])]
+
+
+def test_auto_tag_column_skips_a_constant_trailing_column(tmp_path):
+    three = write(tmp_path / "3.txt", "EU B-ORG 0\nrejects O 0\n\nPeter B-PER 0\n")
+    assert read_conll(three, tag_column="auto")[0].tags == ["B-ORG", "O"]
+    four = write(tmp_path / "4.txt", "EU NNP B-NP B-ORG\nrejects VBZ B-VP O\n")
+    assert read_conll(four, tag_column="auto")[0].tags == ["B-ORG", "O"]
+
+
+def test_a_short_line_is_an_error_with_file_and_line(tmp_path):
+    path = write(tmp_path / "bad.txt", "EU B-ORG 0\nrejects O 0\n\nPeter B-PER\n")
+    with pytest.raises(DataError, match=r"bad.txt:4: expected 3 columns .* found 2"):
+        read_conll(path)
+    with pytest.raises(DataError, match=r"one.txt:1: 1 column"):
+        read_conll(write(tmp_path / "one.txt", "lonely\n"))
+
+
+def test_non_utf8_is_an_error_with_the_line(tmp_path):
+    path = tmp_path / "latin.txt"
+    path.write_bytes("Paris B-LOC\n\nZ\u00fcrich B-LOC\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.txt:3: not UTF-8"):
+        read_conll(path)
+
+
+def test_empty_file_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="no sentences"):
+        read_conll(write(tmp_path / "empty.txt", "\n\n-DOCSTART- O\n"))
+
+
+# -- vocabulary and features ---------------------------------------------------------------------
+
+
+def test_vocabulary_is_from_train_only_and_unknowns_map_to_unk():
+    vocab = Vocabulary([Sentence(["Paris", "1999"], ["B-LOC", "O"])], lowercase=True)
+    encoded = vocab.encode(Sentence(["paris", "2024", "Rome"], ["O", "O", "B-LOC"]), "valid.txt sentence 1")
+    assert encoded.words.tolist() == [vocab.words["paris"], vocab.words["0000"], 1]
+    assert encoded.chars[2, 0] == 1  # "R" never occurs in train
+    with pytest.raises(DataError, match=r"valid.txt sentence 1: tag 'B-PER' never occurs"):
+        vocab.encode(Sentence(["Ann"], ["B-PER"]), "valid.txt sentence 1")
+    kept = vocab.encode(Sentence(["Ann"], ["B-PER"]), "test", unseen_tags="keep")
+    assert kept.tags.tolist() == [vocab.tags["O"]]
+
+
+def test_word_normalisation_and_case_classes():
+    assert normalise_word("Berlin-2024", True) == "berlin-0000" and normalise_word("Berlin", False) == "Berlin"
+    assert [case_class(w) for w in ("word", "NATO", "Paris", "iPhone", "1999")] == [1, 2, 3, 4, 5]
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+
+def build_tagger(compose_cfg, *overrides: str) -> bilstm.BiLSTMTagger:
+    cfg = compose_cfg("task=conll", "data.dir=/unused", *overrides)
+    validate(cfg)
+    return bilstm.build(cfg, num_words=50, num_chars=20, num_tags=5)
+
+
+@pytest.mark.parametrize("regularizer,norms,dropouts", [
+    ("none", [], []), ("bn", ["1", "2"], []), ("dropout", [], ["1", "2"]), ("bn_dropout", ["1", "2"], ["1", "2"]),
+    ("bn_dropout_gc", ["1", "2"], ["1", "2"])])
+def test_regimens_map_onto_the_embeddings_and_bilstm_outputs(compose_cfg, regularizer, norms, dropouts):
+    model = build_tagger(compose_cfg, f"regularizer={regularizer}")
+    assert list(model.norms) == norms and list(model.dropouts) == dropouts
+    assert all(isinstance(m, bilstm.MaskedBatchNorm) for m in model.norms.values())
+    if norms:
+        assert model.norms["1"].num_features == 100 + 8 + 50 and model.norms["2"].num_features == 400
+
+
+def test_placement_selectors_on_a_two_layer_bilstm(compose_cfg):
+    model = build_tagger(compose_cfg, "regularizer=bn_dropout", "model.num_layers=2",
+                         "regularizer.norm.layers=first:1", "regularizer.dropout.layers=from:2")
+    assert list(model.norms) == ["1"] and list(model.dropouts) == ["2", "3"] and len(model.lstms) == 2
+    with pytest.raises(ConfigError, match="regularizer.norm.layers"):
+        build_tagger(compose_cfg, "regularizer=bn", "regularizer.norm.layers=[5]")
+
+
+def test_masked_batchnorm_ignores_padding():
+    torch.manual_seed(0)
+    bn = bilstm.MaskedBatchNorm(4)
+    x = torch.randn(2, 3, 4)
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    padded = torch.cat([x, torch.full((2, 5, 4), 1e6)], dim=1)  # huge values in the padding
+    padded_mask = torch.cat([mask, torch.zeros(2, 5, dtype=torch.bool)], dim=1)
+    out = bn(x, mask)
+    out_padded = bn(padded, padded_mask)
+    assert torch.allclose(out[mask], out_padded[:, :3][mask], atol=1e-5)
+    assert out_padded[~padded_mask].eq(0).all()
+    expected = (x[mask] - x[mask].mean(0)) / torch.sqrt(x[mask].var(0, unbiased=False) + 1e-5)
+    assert torch.allclose(out[mask], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("char", ["cnn", "lstm", "none"])
+@pytest.mark.parametrize("crf", [True, False])
+def test_forward_loss_decode_shapes(compose_cfg, char, crf):
+    model = build_tagger(compose_cfg, f"model.char={char}", f"model.crf={crf}", "regularizer=bn_dropout")
+    words = torch.tensor([[3, 4, 5], [6, 7, 0]])
+    mask = words != 0
+    chars = torch.randint(1, 20, (2, 3, 4)) * mask[..., None]
+    case = torch.ones(2, 3, dtype=torch.long) * mask
+    emissions = model(words, chars, case, mask)
+    assert emissions.shape == (2, 3, 5)
+    loss = model.loss(emissions, torch.zeros(2, 3, dtype=torch.long), mask)
+    loss.backward()
+    assert loss.item() > 0 and model.output.weight.grad is not None
+    decoded = model.decode(emissions, mask)
+    assert decoded.shape == (2, 3) and decoded[1, 2] == 0
+
+
+# -- real runs on tiny corpora -------------------------------------------------------------------
+
+PEOPLE = ["Smith", "Jones", "Brown", "Miller", "Davis"]
+PLACES = ["Paris", "Berlin", "Madrid", "Rome", "Vienna"]
+FILLER = ["the", "a", "said", "went", "to", "on", "today", "visited", "met", "in"]
+
+
+def tiny_corpus(n: int, seed: int) -> str:
+    """NER-like sentences: `Mr <Name>` is a PER span, `in <Place>` a LOC span."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        for _ in range(rng.randint(1, 3)):
+            for _ in range(rng.randint(0, 3)):
+                lines.append(f"{rng.choice(FILLER)} O")
+            if rng.random() < 0.5:
+                lines += ["Mr B-PER", f"{rng.choice(PEOPLE)} I-PER"]
+            else:
+                lines += ["in O", f"{rng.choice(PLACES)} B-LOC"]
+        lines.append(". O")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny-conll")
+    for split, n, seed in (("train", 120, 0), ("valid", 30, 1), ("test", 30, 2)):
+        write(root / f"{split}.txt", tiny_corpus(n, seed))
+    return root
+
+
+def run_tagging(compose_cfg, tmp_path, *overrides):
+    cfg = compose_cfg("trainer.progress=false", "trainer.device=cpu", "model.hidden=16", "model.word_dim=16",
+                      "model.char_hidden=8", "model.char_dim=8", "trainer.batch_size=8", *overrides)
+    validate(cfg)
+    run_dir = tmp_path / "run"
+    return runner.run(cfg, run_dir), run_dir
+
+
+def test_generic_conll_run_learns_and_writes_predictions(compose_cfg, tmp_path, tiny_corpus_dir):
+    record, run_dir = run_tagging(compose_cfg, tmp_path, "task=conll", f"data.dir={tiny_corpus_dir}",
+                                  "regularizer=bn_dropout_gc", "trainer.max_epochs=6", "optimizer.lr=0.01")
+    assert record["status"] == "completed" and record["primary_metric"] == "f1"
+    for key in ("f1", "precision", "recall", "accuracy", "loss"):
+        assert key in record["test"]
+    assert set(record["test"]["per_type"]) == {"PER", "LOC"}
+    assert record["test"]["f1"] > 0.5  # all-O scores 0
+    assert record["flops_per_example"] > 0 and record["data"]["n_train_sentences"] == 120
+    history = pd.read_csv(run_dir / "history.csv")
+    assert {"val_f1", "val_per_type.PER.f1", "clip_rate", "grad_norm_max"} <= set(history.columns)
+    lines = (run_dir / "test_predictions.txt").read_text().split("\n")
+    test_sents = read_conll(tiny_corpus_dir / "test.txt")
+    assert lines.count("") == len(test_sents) + 1  # a blank after each sentence, and the final newline
+    first = lines[0].split(" ")
+    assert len(first) == 3 and first[0] == test_sents[0].tokens[0] and first[1] == test_sents[0].tags[0]
+
+
+def test_conll2003_layout_and_original_four_column_files(compose_cfg, tmp_path):
+    data = tmp_path / "data"
+    for split, name in (("train", "eng.train"), ("valid", "eng.testa"), ("test", "eng.testb")):
+        body = tiny_corpus(20 if split == "train" else 5, hash(split) % 100)
+        four = "\n".join(f"{line.split()[0]} NN B-NP {line.split()[1]}" if line else "" for line in body.split("\n"))
+        write(data / "conll2003" / name, "-DOCSTART- -X- -X- O\n\n" + four)
+    record, run_dir = run_tagging(compose_cfg, tmp_path, "task=conll2003", f"paths.data_dir={data}",
+                                  "trainer.max_epochs=1")
+    assert record["status"] == "completed" and record["data"]["n_train_sentences"] == 20
+    assert set(record["data"]["tags"]) == {"O", "B-PER", "I-PER", "B-LOC"}
+
+
+def test_conll2000_carves_validation_from_train_and_keeps_unseen_test_tags(compose_cfg, tmp_path):
+    data = tmp_path / "data" / "conll2000"
+    write(data / "train.txt.gz", tiny_corpus(40, 0))
+    write(data / "test.txt.gz", tiny_corpus(10, 1) + "Lonely B-LST\n\n")
+    record, _ = run_tagging(compose_cfg, tmp_path, "task=conll2000", f"paths.data_dir={data.parent}",
+                            "data.val_size=10", "trainer.max_epochs=1")
+    assert record["data"]["n_train_sentences"] == 30 and record["data"]["n_val_sentences"] == 10
+    assert record["data"]["n_test_sentences"] == 11 and "LST" in record["test"]["per_type"]
+
+
+def test_missing_conll2000_offline_names_the_files(compose_cfg, tmp_path):
+    with pytest.raises(DataError, match=r"train.txt.gz and test.txt.gz.*data.download=true"):
+        run_tagging(compose_cfg, tmp_path, "task=conll2000", f"paths.data_dir={tmp_path / 'none'}",
+                    "data.download=false")
+
+
+def test_generic_conll_needs_a_dir_and_rejects_unseen_tags(compose_cfg, tmp_path, tiny_corpus_dir):
+    with pytest.raises(ConfigError, match="data.dir"):
+        validate(compose_cfg("task=conll"))
+    corpus = tmp_path / "corpus"
+    write(corpus / "train.txt", tiny_corpus(10, 0))
+    write(corpus / "dev.txt", "Ann B-ORG\n\n")
+    write(corpus / "test.txt", tiny_corpus(3, 1))
+    with pytest.raises(DataError, match=r"dev.txt sentence 1: tag 'B-ORG' never occurs"):
+        run_tagging(compose_cfg, tmp_path, "task=conll", f"data.dir={corpus}")
+
+
+def test_a_non_span_tagset_is_scored_by_token_accuracy(compose_cfg, tmp_path):
+    corpus = tmp_path / "pos"
+    for split in ("train", "valid", "test"):
+        write(corpus / f"{split}.txt", "the DT\ncat NN\nsat VBD\n\na DT\ndog NN\n\n")
+    record, _ = run_tagging(compose_cfg, tmp_path, "task=conll", f"data.dir={corpus}", "trainer.max_epochs=1")
+    assert record["primary_metric"] == "accuracy" and "f1" not in record["test"]
+
+
+def test_cnn13_does_not_fit_a_tagging_task(compose_cfg):
+    with pytest.raises(ConfigError, match="model=cnn13 does not fit task=conll2003: use model=bilstm"):
+        validate(compose_cfg("task=conll2003", "model=cnn13"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "conll2003" / "train.txt").is_file(), reason="../shared/data is absent")
+def test_short_real_conll2003_run_beats_the_all_o_baseline(compose_cfg, tmp_path):
+    record, _ = run_tagging(compose_cfg, tmp_path, "task=conll2003", f"paths.data_dir={SHARED_DATA}",
+                            "data.limit_train=1000", "data.limit_eval=300", "trainer.max_epochs=4",
+                            "model.hidden=100", "model.word_dim=50", "model.char_hidden=30", "regularizer=bn",
+                            "optimizer.lr=0.003", "trainer.batch_size=16")
+    test = record["test"]
+    gold = [s.tags for s in read_conll(SHARED_DATA / "conll2003" / "test.txt", tag_column="auto")[:300]]
+    all_o_accuracy = sum(t == "O" for tags in gold for t in tags) / sum(len(tags) for tags in gold)
+    assert test["f1"] > 0.3  # the all-O baseline has F1 0
+    assert test["accuracy"] > all_o_accuracy
+    assert record["data"]["tags"] == ["B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER", "O"]
