@@ -9,21 +9,24 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from tqdm.auto import tqdm
 
 from regbench import __version__, complexity
-from regbench.optim import build_optimizer, build_scheduler
+from regbench.optim import DecoupledWeightDecay, build_optimizer, build_scheduler
 from regbench.regularizers import clip_gradients
 from regbench.results import (CHECKPOINT_DIR, HISTORY_FILE, METRICS_FILE, flatten, write_csv_atomic,
                               write_json_atomic)
 from regbench.seeding import seed_everything
 from regbench.tasks import TASKS
+from regbench.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,30 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+@dataclass
+class _Loop:
+    """What every training step needs, built once per run."""
+
+    task: Task
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    decoupled_wd: DecoupledWeightDecay | None
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    autocast: torch.autocast
+    generator: torch.Generator
+    device: torch.device
+    steps_per_epoch: int
+    show_progress: bool
+
+
+@dataclass
+class _EpochResult:
+    metrics: dict[str, float]        # the task's train metrics for the epoch ("loss", ...)
+    seconds: float
+    diverged: bool
+    gradient_stats: dict[str, float]  # global grad norm before clipping: mean/max/min, and the clip rate
 
 
 class Run:
@@ -134,58 +161,23 @@ class Run:
 
         optimizer, decoupled_wd = build_optimizer(cfg, model)
         steps_per_epoch = task.num_train_batches()
-        scheduler = build_scheduler(cfg, optimizer, steps_per_epoch, steps_per_epoch * tcfg.max_epochs)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-        params = [p for p in model.parameters() if p.requires_grad]
-        l1_params = [p for p in params if p.ndim > 1]  # weights, not biases or norm scales
-        clip_mode, clip_max = cfg.regularizer.grad_clip.mode, float(cfg.regularizer.grad_clip.max)
-        show_progress = tcfg.progress and sys.stderr.isatty()
+        loop = _Loop(task=task, model=model, optimizer=optimizer, decoupled_wd=decoupled_wd,
+                     scheduler=build_scheduler(cfg, optimizer, steps_per_epoch, steps_per_epoch * tcfg.max_epochs),
+                     autocast=torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16),
+                     generator=generator, device=device, steps_per_epoch=steps_per_epoch,
+                     show_progress=tcfg.progress and sys.stderr.isatty())
         better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
 
         best_value, best_state, bad_epochs = None, None, 0
         for epoch in range(1, tcfg.max_epochs + 1):
-            model.train()
-            sums: dict[str, torch.Tensor] = {}
-            norms = torch.zeros(steps_per_epoch, device=device)
-            clipped = torch.zeros((), device=device)
             lr = optimizer.param_groups[0]["lr"]
-            t0 = time.perf_counter()
-            diverged = False
-            batches = tqdm(task.train_batches(generator), total=steps_per_epoch, disable=not show_progress,
-                           desc=f"epoch {epoch}/{tcfg.max_epochs}", leave=False, dynamic_ncols=True)
-            for step, batch in enumerate(batches):
-                with autocast:
-                    loss, stats = task.training_step(model, batch)
-                objective = loss
-                if cfg.penalty.l1 > 0:
-                    objective = loss + cfg.penalty.l1 * sum(p.abs().sum() for p in l1_params)
-                optimizer.zero_grad(set_to_none=True)
-                objective.backward()
-                norms[step], fired = clip_gradients(params, clip_mode, clip_max)
-                clipped += fired
-                if decoupled_wd is not None:
-                    decoupled_wd.apply()
-                optimizer.step()
-                scheduler.step()
-                for key, value in stats.items():
-                    sums[key] = sums[key] + value if key in sums else value.detach().clone()
-                if (step + 1) % NONFINITE_CHECK_EVERY == 0 and not torch.isfinite(sums["loss_sum"]):
-                    diverged = True
-                    break
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            train_time = time.perf_counter() - t0
-            steps_done = step + 1
-            epoch_sums = {k: float(v) for k, v in sums.items()}
-            train_metrics = task.train_metrics(epoch_sums)
-            diverged = diverged or not math.isfinite(train_metrics["loss"])
-            norms = norms[:steps_done].float()
+            epoch_result = self._train_epoch(loop, epoch)
             row: dict[str, Any] = {"epoch": epoch}
-            row.update({f"train_{k}": v for k, v in train_metrics.items()})
-            self.record["train_time_s"] = round(self.record["train_time_s"] + train_time, 3)
+            row.update({f"train_{k}": v for k, v in epoch_result.metrics.items()})
+            self.record["train_time_s"] = round(self.record["train_time_s"] + epoch_result.seconds, 3)
             self.record["epochs_run"] = epoch
-            if diverged:
-                row.update(lr=lr, train_time_s=train_time, eval_time_s=0.0)
+            if epoch_result.diverged:
+                row.update(lr=lr, train_time_s=epoch_result.seconds, eval_time_s=0.0)
                 self.history.append(row)
                 self.record["status"] = "diverged"
                 log.warning("epoch %d: the training loss is not finite: the run diverged", epoch)
@@ -193,18 +185,17 @@ class Run:
 
             t1 = time.perf_counter()
             model.eval()
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), loop.autocast:
                 val = task.evaluate(model, "val")
             eval_time = time.perf_counter() - t1
             self.record["eval_time_s"] = round(self.record["eval_time_s"] + eval_time, 3)
             row.update(flatten(val, "val_"))
-            row.update(lr=lr, train_time_s=round(train_time, 4), eval_time_s=round(eval_time, 4),
-                       grad_norm_mean=float(norms.mean()), grad_norm_max=float(norms.max()),
-                       grad_norm_min=float(norms.min()), clip_rate=float(clipped) / steps_done)
+            row.update(lr=lr, train_time_s=round(epoch_result.seconds, 4), eval_time_s=round(eval_time, 4),
+                       **epoch_result.gradient_stats)
             self.history.append(row)
             self._write_history()
             log.info("epoch %d/%d  train loss %.4f | val loss %.4f %s %.4f | %.1fs", epoch, tcfg.max_epochs,
-                     train_metrics["loss"], val["loss"], metric, val[metric], train_time)
+                     epoch_result.metrics["loss"], val["loss"], metric, val[metric], epoch_result.seconds)
 
             if best_value is None or better(val[metric], best_value):
                 best_value, bad_epochs = val[metric], 0
@@ -223,7 +214,7 @@ class Run:
             model.load_state_dict(best_state)
             model.eval()
             t1 = time.perf_counter()
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), loop.autocast:
                 self.record["test"] = task.evaluate(model, "test")
                 self.record["train"] = task.evaluate(model, "train")
             self.record["eval_time_s"] = round(self.record["eval_time_s"] + time.perf_counter() - t1, 3)
@@ -232,6 +223,53 @@ class Run:
         if self.record["status"] == "running":
             self.record["status"] = "completed"
         self.record["peak_memory_bytes"], self.record["peak_memory_kind"] = complexity.peak_memory(device)
+
+    def _train_epoch(self, loop: _Loop, epoch: int) -> _EpochResult:
+        """One pass over the training batches. Statistics stay on the device until the epoch ends."""
+        cfg = self.cfg
+        model, optimizer = loop.model, loop.optimizer
+        params = [p for p in model.parameters() if p.requires_grad]
+        l1_params = [p for p in params if p.ndim > 1]  # weights, not biases or norm scales
+        clip_mode, clip_max = cfg.regularizer.grad_clip.mode, float(cfg.regularizer.grad_clip.max)
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        norms = torch.zeros(loop.steps_per_epoch, device=loop.device)
+        clipped = torch.zeros((), device=loop.device)
+        diverged = False
+        t0 = time.perf_counter()
+        batches = tqdm(loop.task.train_batches(loop.generator), total=loop.steps_per_epoch,
+                       disable=not loop.show_progress, desc=f"epoch {epoch}/{cfg.trainer.max_epochs}", leave=False,
+                       dynamic_ncols=True)
+        step = -1
+        for step, batch in enumerate(batches):
+            with loop.autocast:
+                loss, stats = loop.task.training_step(model, batch)
+            objective = loss
+            if cfg.penalty.l1 > 0:
+                objective = loss + cfg.penalty.l1 * sum(p.abs().sum() for p in l1_params)
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            norms[step], fired = clip_gradients(params, clip_mode, clip_max)
+            clipped += fired
+            if loop.decoupled_wd is not None:
+                loop.decoupled_wd.apply()
+            optimizer.step()
+            loop.scheduler.step()
+            for key, value in stats.items():
+                sums[key] = sums[key] + value if key in sums else value.detach().clone()
+            if (step + 1) % NONFINITE_CHECK_EVERY == 0 and not torch.isfinite(sums["loss_sum"]):
+                diverged = True
+                break
+        if loop.device.type == "cuda":
+            torch.cuda.synchronize(loop.device)
+        seconds = time.perf_counter() - t0
+        steps_done = step + 1
+        metrics = loop.task.train_metrics({k: float(v) for k, v in sums.items()})
+        norms = norms[:steps_done].float()
+        return _EpochResult(
+            metrics=metrics, seconds=seconds, diverged=diverged or not math.isfinite(metrics["loss"]),
+            gradient_stats={"grad_norm_mean": float(norms.mean()), "grad_norm_max": float(norms.max()),
+                            "grad_norm_min": float(norms.min()), "clip_rate": float(clipped) / steps_done})
 
     def _save_checkpoint(self, state: dict[str, torch.Tensor], epoch: int, val: dict[str, float]) -> None:
         from regbench.data.files import atomic_path
