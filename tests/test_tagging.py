@@ -274,3 +274,15 @@ def test_short_real_conll2003_run_beats_the_all_o_baseline(compose_cfg, tmp_path
     assert test["f1"] > 0.3  # the all-O baseline has F1 0
     assert test["accuracy"] > all_o_accuracy
     assert record["data"]["tags"] == ["B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER", "O"]
+
+
+def test_word_vectors_file_initialises_known_words(tmp_path, tiny_corpus_dir):
+    vocab = Vocabulary(read_conll(tiny_corpus_dir / "train.txt"), lowercase=True)
+    vectors = tmp_path / "vectors.txt"
+    vectors.write_text("2 3\nParis 1 2 3\nnotaword 9 9 9\nsmith 4 5 6\n", encoding="utf-8")
+    embedding = torch.nn.Embedding(len(vocab.words) + 2, 3)
+    assert bilstm.load_word_vectors(vectors, vocab.words, embedding, lowercase=True) == 2
+    assert embedding.weight[vocab.words["paris"]].tolist() == [1.0, 2.0, 3.0]
+    assert embedding.weight[vocab.words["smith"]].tolist() == [4.0, 5.0, 6.0]
+    with pytest.raises(ConfigError, match="no such file"):
+        bilstm.load_word_vectors(tmp_path / "missing.txt", vocab.words, embedding, lowercase=True)
