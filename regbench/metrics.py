@@ -4,12 +4,8 @@ Span scoring reproduces the conlleval script (CoNLL shared tasks): its chunk sta
 ported line for line, so BIO (IOB2), IOB1 and IOBES input score exactly as conlleval scores them."""
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
-
-SPAN_TAG = re.compile(r"^[BIESO]$|^[BIES]-.+$|^O$")
-
 
 def split_tag(tag: str) -> tuple[str, str]:
     """'B-PER' -> ('B', 'PER'); 'O' -> ('O', ''). conlleval splits at the first hyphen."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import fcntl
 import json
 import math
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from regbench.data.files import atomic_path
+from regbench.data.files import write_atomic
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
@@ -24,22 +23,8 @@ RESULTS_FILE = "results.csv"
 CHECKPOINT_DIR = "checkpoints"
 
 
-def _replace_durably(tmp: Path, target: Path) -> None:
-    os.replace(tmp, target)
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = atomic_path(path)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    _replace_durably(tmp, path)
+    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def _json_safe(value: Any) -> Any:

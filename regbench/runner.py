@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from regbench import __version__, complexity
+from regbench.data.files import write_atomic
 from regbench.optim import DecoupledWeightDecay, build_optimizer, build_scheduler
 from regbench.regularizers import clip_gradients
 from regbench.results import (CHECKPOINT_DIR, HISTORY_FILE, METRICS_FILE, flatten, write_csv_atomic,
@@ -272,13 +273,9 @@ class Run:
                             "grad_norm_min": float(norms.min()), "clip_rate": float(clipped) / steps_done})
 
     def _save_checkpoint(self, state: dict[str, torch.Tensor], epoch: int, val: dict[str, float]) -> None:
-        from regbench.data.files import atomic_path
-
-        target = self.run_dir / CHECKPOINT_DIR / "best.pt"
-        tmp = atomic_path(target)
-        torch.save({"model": state, "epoch": epoch, "val": val,
-                    "config": OmegaConf.to_container(self.cfg, resolve=True)}, tmp)
-        tmp.replace(target)
+        checkpoint = {"model": state, "epoch": epoch, "val": val,
+                      "config": OmegaConf.to_container(self.cfg, resolve=True)}
+        write_atomic(self.run_dir / CHECKPOINT_DIR / "best.pt", lambda fh: torch.save(checkpoint, fh))
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: dict[str, str] | None = None) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from regbench import runner
 from regbench.data.conll import Sentence, read_conll
 from regbench.errors import ConfigError, DataError
 from regbench.models import bilstm
-from regbench.results import read_metrics
 from regbench.tasks.tagging import Vocabulary, case_class, normalise_word
 from regbench.validation import validate
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from regbench.data.files import atomic_path, writable_cache_dir
+from regbench.data.files import writable_cache_dir, write_atomic
 from regbench.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -188,11 +188,7 @@ def _read_cache(path: Path) -> Cifar10Arrays:
 
 
 def _write_cache(arrays: Cifar10Arrays, path: Path) -> None:
-    tmp = atomic_path(path)
-    with open(tmp, "wb") as fh:
-        np.savez(fh, train_x=arrays.train_x, train_y=arrays.train_y, test_x=arrays.test_x,
-                 test_y=arrays.test_y, source=np.array(arrays.source))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, lambda fh: np.savez(fh, train_x=arrays.train_x, train_y=arrays.train_y,
+                                           test_x=arrays.test_x, test_y=arrays.test_y,
+                                           source=np.array(arrays.source)))
     log.info("cached CIFAR-10 arrays in %s", path)

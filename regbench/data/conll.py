@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from regbench.data.files import atomic_path
+from regbench.data.files import write_atomic
 from regbench.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -122,13 +122,10 @@ def conll2000_files(dirs: list[Path], download: bool) -> dict[str, Path]:
 
 def _download(url: str, target: Path, dirs: list[Path]) -> Path:
     log.info("downloading %s to %s", url, target)
-    tmp = atomic_path(target)
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as fh:
-            shutil.copyfileobj(response, fh)
-        tmp.replace(target)
+        with urllib.request.urlopen(url, timeout=60) as response:
+            write_atomic(target, lambda fh: shutil.copyfileobj(response, fh))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise _missing("CoNLL-2000", dirs, "train.txt.gz and test.txt.gz",
                        f" (the download from {url} failed: {err})") from None
     return target

@@ -1,29 +1,35 @@
-"""File helpers shared by the dataset loaders: atomic writes, hashes, writable cache dirs."""
+"""File helpers shared by the loaders and the run record: atomic writes, writable cache dirs."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_path(target: Path) -> Path:
-    """A temporary sibling of `target` to write to, then os.replace() over it."""
+def write_atomic(target: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call write(fh) on a temporary sibling of `target`, flush and fsync it, then rename it over
+    `target` (and fsync the folder): a crash at any instant leaves either the old or the new file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    return Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def writable_cache_dir(preferred: Path) -> Path:

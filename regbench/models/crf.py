@@ -1,6 +1,6 @@
 """A linear-chain CRF: negative log-likelihood by the forward algorithm and Viterbi decoding, both
 vectorised over the batch (one loop over time steps). Written by hand because torch has no CRF and
-the small third-party ones (pytorch-crf) add nothing this 80-line module needs."""
+the small third-party ones (pytorch-crf) add nothing this short module needs."""
 from __future__ import annotations
 
 import torch
