@@ -15,7 +15,7 @@ from regbench import runner
 from regbench.data.conll import Sentence, read_conll
 from regbench.errors import ConfigError, DataError
 from regbench.models import bilstm
-from regbench.tasks.tagging import Vocabulary, case_class, normalise_word
+from regbench.tasks.tagging import UNK, Vocabulary, case_class, normalise_word, replace_singletons
 from regbench.validation import validate
 
 # -- reader -------------------------------------------------------------------------------------
@@ -85,6 +85,21 @@ def test_vocabulary_is_from_train_only_and_unknowns_map_to_unk():
     assert kept.tags.tolist() == [vocab.tags["O"]]
 
 
+def test_singleton_unk_replacement_touches_only_words_seen_once():
+    # "the" occurs twice (lowercased), "paris" and "0000" once each.
+    vocab = Vocabulary([Sentence(["The", "Paris", "the", "1999"], ["O", "B-LOC", "O", "O"])], lowercase=True)
+    once = {w for w, i in vocab.words.items() if vocab.singleton_ids[i]}
+    assert once == {"paris", "0000"} and not vocab.singleton_ids[:2].any()
+    ids = torch.tensor([[vocab.words["the"], vocab.words["paris"], vocab.words["0000"], 0]])
+    singletons = torch.from_numpy(vocab.singleton_ids)
+    gen = torch.Generator().manual_seed(0)
+    always = replace_singletons(ids, singletons, 1.0, gen)
+    assert always.tolist() == [[vocab.words["the"], UNK, UNK, 0]]  # padding stays padding
+    assert torch.equal(replace_singletons(ids, singletons, 0.0, gen), ids)
+    many = replace_singletons(ids.repeat(4000, 1), singletons, 0.5, gen)
+    assert 0.45 < (many[:, 1] == UNK).float().mean() < 0.55 and (many[:, 0] != UNK).all()
+
+
 def test_word_normalisation_and_case_classes():
     assert normalise_word("Berlin-2024", True) == "berlin-0000" and normalise_word("Berlin", False) == "Berlin"
     assert [case_class(w) for w in ("word", "NATO", "Paris", "iPhone", "1999")] == [1, 2, 3, 4, 5]
@@ -103,7 +118,7 @@ def build_tagger(compose_cfg, *overrides: str) -> bilstm.BiLSTMTagger:
     ("none", [], []), ("bn", ["1", "2"], []), ("dropout", [], ["1", "2"]), ("bn_dropout", ["1", "2"], ["1", "2"]),
     ("bn_dropout_gc", ["1", "2"], ["1", "2"])])
 def test_regimens_map_onto_the_embeddings_and_bilstm_outputs(compose_cfg, regularizer, norms, dropouts):
-    model = build_tagger(compose_cfg, f"regularizer={regularizer}")
+    model = build_tagger(compose_cfg, f"regularizer={regularizer}", "model.hidden=200", "model.char_hidden=50")
     assert list(model.norms) == norms and list(model.dropouts) == dropouts
     assert all(isinstance(m, bilstm.MaskedBatchNorm) for m in model.norms.values())
     if norms:

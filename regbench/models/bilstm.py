@@ -171,5 +171,6 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("word_dim", "hidden", "char_dim", "char_hidden"):
         validation.number(cfg, f"model.{key}", low=1, integer=True)
     validation.number(cfg, "model.case_dim", low=0, integer=True)
+    validation.number(cfg, "model.singleton_unk", low=0, high=1)
     n_layers = cfg.model.num_layers + N_LAYERS_EXTRA
     validation.layer_selectors(cfg, n_layers, f"bilstm: 1 = input features, 2..{n_layers} = BiLSTM layers")

@@ -64,6 +64,9 @@ class Vocabulary:
         words = Counter(normalise_word(w, lowercase) for s in train for w in s.tokens)
         chars = Counter(c for s in train for w in s.tokens for c in w)
         self.words = {w: i for i, w in enumerate(sorted(words), start=2)}
+        # Words seen once in training: the ones singleton UNK replacement may swap for UNK.
+        self.singleton_ids = np.zeros(len(self.words) + 2, dtype=bool)
+        self.singleton_ids[[self.words[w] for w, n in words.items() if n == 1]] = True
         self.chars = {c: i for i, c in enumerate(sorted(chars), start=2)}
         self.tags = {t: i for i, t in enumerate(sorted({t for s in train for t in s.tags}))}
         self.tag_names = sorted(self.tags, key=self.tags.get)
@@ -101,6 +104,13 @@ def collate(items: list[Encoded], device: torch.device) -> dict[str, Tensor]:
            for k, v in (("words", words), ("case", case), ("tags", tags), ("chars", chars))}
     out["mask"] = out["words"] != PAD
     return out
+
+
+def replace_singletons(words: Tensor, singleton_ids: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    """Lample et al. (2016): swap each training word seen only once for UNK with probability p, so the
+    UNK embedding is trained and unseen test words do not all land on an untrained random vector."""
+    draw = torch.rand(words.shape, generator=generator).to(words.device)
+    return words.masked_fill(singleton_ids[words] & (draw < p), UNK)
 
 
 class TaggingTask(Task):
@@ -150,6 +160,8 @@ class TaggingTask(Task):
                                                   dcfg.unseen_tags)
                                 for i, s in enumerate(sents)] for split, sents in splits.items()}
         self.train_eval_size = min(dcfg.train_eval_size, len(splits["train"]))
+        self.singleton_unk = float(cfg.model.get("singleton_unk", 0.0))
+        self.singleton_ids = torch.from_numpy(self.vocab.singleton_ids).to(device)
         self.predictions: dict[str, list[list[str]]] = {}
 
     def build_model(self) -> nn.Module:
@@ -175,7 +187,10 @@ class TaggingTask(Task):
             part = sorted(order[start:start + chunk], key=lambda i: len(items[i].words))
             batches += [part[i:i + bs] for i in range(0, len(part), bs)]
         for b in torch.randperm(len(batches), generator=generator).tolist():
-            yield collate([items[i] for i in batches[b]], self.device)
+            batch = collate([items[i] for i in batches[b]], self.device)
+            if self.singleton_unk > 0:
+                batch["words"] = replace_singletons(batch["words"], self.singleton_ids, self.singleton_unk, generator)
+            yield batch
 
     def training_step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         emissions = model(batch["words"], batch["chars"], batch["case"], batch["mask"])
