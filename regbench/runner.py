@@ -160,6 +160,39 @@ class Run:
         self.record["params"] = complexity.count_parameters(model)
         self.record["flops_per_example"] = complexity.forward_flops(model, task.example_input())
 
+        if any(p.requires_grad for p in model.parameters()):
+            best_state = self._fit(task, model, device, generator, use_bf16)
+        else:  # nothing to train (the popularity baseline): score it as it is
+            best_state = self._score_untrained(task, model)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        if best_state is not None:
+            model.load_state_dict(best_state)
+            model.eval()
+            t1 = time.perf_counter()
+            with torch.no_grad(), autocast:
+                self.record["test"] = task.evaluate(model, "test")
+                self.record["train"] = task.evaluate(model, "train")
+            self.record["eval_time_s"] = round(self.record["eval_time_s"] + time.perf_counter() - t1, 3)
+            self.record["gap"] = self.record["train"][metric] - self.record["test"][metric]
+            task.write_outputs(self.run_dir)
+        if self.record["status"] == "running":
+            self.record["status"] = "completed"
+        self.record["peak_memory_bytes"], self.record["peak_memory_kind"] = complexity.peak_memory(device)
+
+    def _score_untrained(self, task: Task, model: nn.Module) -> dict[str, torch.Tensor]:
+        model.eval()
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            self.record["val"] = task.evaluate(model, "val")
+        self.record["eval_time_s"] = round(time.perf_counter() - t1, 3)
+        self.record["best_epoch"] = 0
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def _fit(self, task: Task, model: nn.Module, device: torch.device, generator: torch.Generator,
+             use_bf16: bool) -> dict[str, torch.Tensor] | None:
+        """The epoch loop with validation, best-state tracking and early stopping; returns the best state."""
+        cfg, tcfg = self.cfg, self.cfg.trainer
+        metric = task.primary_metric
         optimizer, decoupled_wd = build_optimizer(cfg, model)
         steps_per_epoch = task.num_train_batches()
         loop = _Loop(task=task, model=model, optimizer=optimizer, decoupled_wd=decoupled_wd,
@@ -211,19 +244,7 @@ class Run:
                     log.info("early stopping: no better val %s for %d epochs", metric, bad_epochs)
                     break
 
-        if best_state is not None:
-            model.load_state_dict(best_state)
-            model.eval()
-            t1 = time.perf_counter()
-            with torch.no_grad(), loop.autocast:
-                self.record["test"] = task.evaluate(model, "test")
-                self.record["train"] = task.evaluate(model, "train")
-            self.record["eval_time_s"] = round(self.record["eval_time_s"] + time.perf_counter() - t1, 3)
-            self.record["gap"] = self.record["train"][metric] - self.record["test"][metric]
-            task.write_outputs(self.run_dir)
-        if self.record["status"] == "running":
-            self.record["status"] = "completed"
-        self.record["peak_memory_bytes"], self.record["peak_memory_kind"] = complexity.peak_memory(device)
+        return best_state
 
     def _train_epoch(self, loop: _Loop, epoch: int) -> _EpochResult:
         """One pass over the training batches. Statistics stay on the device until the epoch ends."""

@@ -118,8 +118,9 @@ def validate(cfg: DictConfig) -> None:
                                                   and device[5:].isdigit())):
         raise ConfigError(f"trainer.device={device!r} is not allowed: choose auto, cpu, cuda or cuda:N")
 
-    _number(cfg, "data.limit_train", low=1, integer=True, allow_none=True)
-    _number(cfg, "data.limit_eval", low=1, integer=True, allow_none=True)
+    for key in ("limit_train", "limit_eval"):  # the image and tagging tasks' size limits
+        if key in cfg.data:
+            _number(cfg, f"data.{key}", low=1, integer=True, allow_none=True)
 
     from regbench.models import MODELS
     from regbench.tasks import TASKS

@@ -12,7 +12,8 @@ from regbench.validation import validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ["task", "model", "regularizer", "optimizer", "schedule", "trainer", "paths", "augment"]
-TASK_OF_MODEL = {"bilstm": "task=conll2003"}
+TASK_OF_MODEL = {"bilstm": "task=conll2003", "two_tower": "task=movielens", "mf": "task=movielens",
+                 "popularity": "task=movielens"}
 
 
 def options(group: str) -> list[str]:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import gzip
 import logging
-import shutil
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from regbench.data.files import write_atomic
+from regbench.data.files import download
 from regbench.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -121,10 +119,8 @@ def conll2000_files(dirs: list[Path], download: bool) -> dict[str, Path]:
 
 
 def _download(url: str, target: Path, dirs: list[Path]) -> Path:
-    log.info("downloading %s to %s", url, target)
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            write_atomic(target, lambda fh: shutil.copyfileobj(response, fh))
+        download(url, target)
     except OSError as err:
         raise _missing("CoNLL-2000", dirs, "train.txt.gz and test.txt.gz",
                        f" (the download from {url} failed: {err})") from None

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -46,3 +48,11 @@ def writable_cache_dir(preferred: Path) -> Path:
         except OSError:
             continue
     raise OSError(f"no writable cache directory: tried {preferred} and ~/.cache/regbench; set paths.cache_dir")
+
+
+def download(url: str, target: Path, timeout: float = 60) -> Path:
+    """Fetch `url` into `target` atomically (no half-written file is ever left). Raises OSError."""
+    log.info("downloading %s to %s", url, target)
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        write_atomic(target, lambda fh: shutil.copyfileobj(response, fh))
+    return target

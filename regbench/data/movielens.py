@@ -1,0 +1,146 @@
+"""MovieLens loaders: the GroupLens zip files by their canonical names, read without extracting.
+
+Accepted: `<name>.zip` or an extracted `<name>/` folder in `data.dir`, else `paths.data_dir/movielens`,
+else `paths.data_dir`; when none is there and `data.download=true`, the zip is fetched from
+files.grouplens.org into the first of those folders. Each set's files are parsed with the separator
+and text encoding they really use (ml-100k and ml-1m are latin-1).
+"""
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from regbench.data.files import download
+from regbench.errors import DataError
+
+GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/{name}.zip"
+DATASETS = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-latest-small")
+ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+                 "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+                 "War", "Western")
+YEAR_IN_TITLE = re.compile(r"\((\d{4})\)\s*$")
+
+
+@dataclass
+class MovieLens:
+    """Raw ids as in the files. `users` is None for the sets without user features (ml-10m, ml-20m,
+    ml-latest-small)."""
+
+    name: str
+    ratings: pd.DataFrame        # user, item, rating, timestamp
+    items: pd.DataFrame          # item, year (0 = unknown), genres (list of str)
+    users: pd.DataFrame | None   # user, age, gender, occupation
+    source: str
+
+
+class _Files:
+    """The members of a GroupLens zip or an extracted folder, found by file name whatever the top folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if path.is_dir():
+            self._members = {p.name: p for p in path.rglob("*") if p.is_file()}
+            self._zip = None
+        else:
+            try:
+                self._zip = zipfile.ZipFile(path)
+            except zipfile.BadZipFile:
+                raise DataError(f"{path} is not a zip file (expected the GroupLens {path.name}): "
+                                "re-download it or point data.dir at the extracted folder") from None
+            self._members = {Path(n).name: n for n in self._zip.namelist() if not n.endswith("/")}
+
+    def text(self, name: str, encoding: str) -> io.StringIO:
+        if name not in self._members:
+            raise DataError(f"{self.path} has no {name} (found: {', '.join(sorted(self._members)) or 'nothing'}): "
+                            "is this the GroupLens file it is named after?")
+        member = self._members[name]
+        raw = self._zip.read(member) if self._zip is not None else Path(member).read_bytes()
+        try:
+            return io.StringIO(raw.decode(encoding))
+        except UnicodeDecodeError as err:
+            raise DataError(f"{self.path}: {name} is not {encoding} text ({err})") from None
+
+
+def locate(name: str, dirs: list[Path], allow_download: bool) -> Path:
+    """The zip or extracted folder of `name` in the first of `dirs` that holds one, else a download."""
+    if name not in DATASETS:
+        raise DataError(f"data.name={name!r} is not a MovieLens set this loader knows: choose one of {', '.join(DATASETS)}")
+    for d in dirs:
+        for candidate in (d / f"{name}.zip", d / name):
+            if candidate.exists():
+                return candidate
+    looked = ", ".join(str(d) for d in dirs)
+    if not allow_download:
+        raise DataError(f"MovieLens {name}: no {name}.zip or {name}/ folder in {looked}; put the GroupLens file "
+                        "there, set data.dir, or set data.download=true on a machine that is online")
+    url = GROUPLENS_URL.format(name=name)
+    try:
+        return download(url, dirs[0] / f"{name}.zip")
+    except OSError as err:
+        raise DataError(f"MovieLens {name}: no {name}.zip or {name}/ folder in {looked}, and the download from "
+                        f"{url} failed ({err}); download it by hand into one of those folders") from None
+
+
+def load(name: str, path: Path) -> MovieLens:
+    files = _Files(path)
+    if name == "ml-100k":
+        return _ml100k(files)
+    if name == "ml-1m":
+        return _ml1m(files)
+    if name == "ml-10m":
+        ratings = _ratings_dat(files, "utf-8")
+        movies = pd.read_csv(files.text("movies.dat", "utf-8"), sep="::", engine="python", header=None,
+                             names=["item", "title", "genres"])
+        return MovieLens(name, ratings, _items_from_titles(movies), None, str(path))
+    ratings = pd.read_csv(files.text("ratings.csv", "utf-8"))
+    ratings.columns = ["user", "item", "rating", "timestamp"]
+    movies = pd.read_csv(files.text("movies.csv", "utf-8"))
+    movies.columns = ["item", "title", "genres"]
+    return MovieLens(name, ratings, _items_from_titles(movies), None, str(path))
+
+
+def _ratings_dat(files: _Files, encoding: str) -> pd.DataFrame:
+    return pd.read_csv(files.text("ratings.dat", encoding), sep="::", engine="python", header=None,
+                       names=["user", "item", "rating", "timestamp"])
+
+
+def _items_from_titles(movies: pd.DataFrame) -> pd.DataFrame:
+    """ml-1m and later: the year is the "(1995)" at the end of the title, genres are "A|B"."""
+    years = movies["title"].astype(str).str.extract(YEAR_IN_TITLE, expand=False).fillna(0).astype(int)
+    genres = movies["genres"].fillna("").map(lambda g: [x for x in g.split("|") if x and x != "(no genres listed)"])
+    return pd.DataFrame({"item": movies["item"], "year": years, "genres": genres})
+
+
+def _ml100k(files: _Files) -> MovieLens:
+    ratings = pd.read_csv(files.text("u.data", "latin-1"), sep="\t", header=None,
+                          names=["user", "item", "rating", "timestamp"])
+    users = pd.read_csv(files.text("u.user", "latin-1"), sep="|", header=None,
+                        names=["user", "age", "gender", "occupation", "zip"]).drop(columns="zip")
+    cols = ["item", "title", "release", "video_release", "url", *ML100K_GENRES]
+    raw = pd.read_csv(files.text("u.item", "latin-1"), sep="|", header=None, names=cols)
+    years = pd.to_datetime(raw["release"], format="%d-%b-%Y", errors="coerce").dt.year.fillna(0).astype(int)
+    flags = raw[list(ML100K_GENRES)].to_numpy(dtype=bool)
+    genres = [[g for g, on in zip(ML100K_GENRES, row) if on and g != "unknown"] for row in flags]
+    items = pd.DataFrame({"item": raw["item"], "year": years, "genres": genres})
+    return MovieLens("ml-100k", ratings, items, users, str(files.path))
+
+
+def _ml1m(files: _Files) -> MovieLens:
+    ratings = _ratings_dat(files, "latin-1")
+    users = pd.read_csv(files.text("users.dat", "latin-1"), sep="::", engine="python", header=None,
+                        names=["user", "gender", "age", "occupation", "zip"]).drop(columns="zip")
+    movies = pd.read_csv(files.text("movies.dat", "latin-1"), sep="::", engine="python", header=None,
+                         names=["item", "title", "genres"])
+    return MovieLens("ml-1m", ratings, _items_from_titles(movies), users[["user", "age", "gender", "occupation"]],
+                     str(files.path))
+
+
+def categorical_codes(values: pd.Series) -> np.ndarray:
+    """Codes 1..n for the distinct values (0 is kept for "unknown")."""
+    return pd.factorize(values.astype(str), sort=True)[0] + 1
