@@ -160,11 +160,11 @@ class Run:
         self.record["params"] = complexity.count_parameters(model)
         self.record["flops_per_example"] = complexity.forward_flops(model, task.example_input())
 
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
         if any(p.requires_grad for p in model.parameters()):
-            best_state = self._fit(task, model, device, generator, use_bf16)
+            best_state = self._fit(task, model, device, generator, autocast)
         else:  # nothing to train (the popularity baseline): score it as it is
             best_state = self._score_untrained(task, model)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
         if best_state is not None:
             model.load_state_dict(best_state)
             model.eval()
@@ -184,12 +184,12 @@ class Run:
         t1 = time.perf_counter()
         with torch.no_grad():
             self.record["val"] = task.evaluate(model, "val")
-        self.record["eval_time_s"] = round(time.perf_counter() - t1, 3)
+        self.record["eval_time_s"] = round(self.record["eval_time_s"] + time.perf_counter() - t1, 3)
         self.record["best_epoch"] = 0
         return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
     def _fit(self, task: Task, model: nn.Module, device: torch.device, generator: torch.Generator,
-             use_bf16: bool) -> dict[str, torch.Tensor] | None:
+             autocast: torch.autocast) -> dict[str, torch.Tensor] | None:
         """The epoch loop with validation, best-state tracking and early stopping; returns the best state."""
         cfg, tcfg = self.cfg, self.cfg.trainer
         metric = task.primary_metric
@@ -197,8 +197,7 @@ class Run:
         steps_per_epoch = task.num_train_batches()
         loop = _Loop(task=task, model=model, optimizer=optimizer, decoupled_wd=decoupled_wd,
                      scheduler=build_scheduler(cfg, optimizer, steps_per_epoch, steps_per_epoch * tcfg.max_epochs),
-                     autocast=torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16),
-                     generator=generator, device=device, steps_per_epoch=steps_per_epoch,
+                     autocast=autocast, generator=generator, device=device, steps_per_epoch=steps_per_epoch,
                      show_progress=tcfg.progress and sys.stderr.isatty())
         better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
 

@@ -22,7 +22,8 @@ class Popularity(nn.Module):
         return u @ v.T
 
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        return self.counts[items].expand(len(users)) if items.ndim == 0 else self.counts[items]
+        """Score of each (user, item) pair: the item's count, whoever the user."""
+        return self.counts[items]
 
 
 def build(cfg: DictConfig, *, item_counts: Tensor, **_: object) -> Popularity:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from regbench import validation
+from regbench.errors import ConfigError
 from regbench.models.common import init_weights, make_activation
 from regbench.regularizers import Placement, resolve
 
@@ -105,15 +106,20 @@ class TwoTower(nn.Module):
             items = torch.arange(self.item_cats.shape[0], device=self.item_cats.device)
         return self._normalise(self.item_tower(items, self.item_cats[items], self.item_multi[items]))
 
+    def _scaled(self, s: Tensor) -> Tensor:
+        return s / self.temperature if self.score_kind == "cosine" else s
+
     def logits(self, u: Tensor, v: Tensor) -> Tensor:
         """Scores of user vectors (B, D) against item vectors (N, D): (B, N)."""
-        s = u @ v.T
-        return s / self.temperature if self.score_kind == "cosine" else s
+        return self._scaled(u @ v.T)
+
+    def pair_scores(self, u: Tensor, v: Tensor) -> Tensor:
+        """Scores of user vectors against item vectors paired up by broadcasting: (..., D) -> (...)."""
+        return self._scaled((u * v).sum(-1))
 
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
         """Score of each (user, item) pair."""
-        s = (self.user_vectors(users) * self.item_vectors(items)).sum(-1)
-        return s / self.temperature if self.score_kind == "cosine" else s
+        return self.pair_scores(self.user_vectors(users), self.item_vectors(items))
 
 
 def build(cfg: DictConfig, *, users: TowerInputs, items: TowerInputs) -> TwoTower:
@@ -142,12 +148,8 @@ def validate_config(cfg: DictConfig) -> None:
     validation.number(cfg, "model.temperature", low=0, low_open=True)
     hidden = cfg.model.hidden
     if not all(isinstance(h, int) and h > 0 for h in hidden):
-        from regbench.errors import ConfigError
-
         raise ConfigError(f"model.hidden={list(hidden)!r} is invalid: a list of positive layer widths, e.g. [128]")
     if cfg.model.loss == "bpr" and cfg.model.negatives == "in_batch":
-        from regbench.errors import ConfigError
-
         raise ConfigError("model.loss=bpr samples its negatives uniformly: use model.negatives=uniform "
                           "(in_batch negatives go with model.loss=softmax)")
     n_layers = len(hidden) + 1

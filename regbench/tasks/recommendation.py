@@ -26,6 +26,8 @@ from regbench.models.two_tower import TowerInputs
 from regbench.tasks.base import Task
 
 AGE_BUCKETS = (18, 25, 35, 45, 50, 56)  # ml-1m's age groups, also applied to ml-100k's exact ages
+FIRST_YEAR, LAST_YEAR = 1900, 2030        # release decades coded 1.. from FIRST_YEAR; 0 = unknown year
+N_DECADES = (LAST_YEAR - FIRST_YEAR) // 10 + 1
 NEGATIVE_RESAMPLE_ROUNDS = 10
 SPLIT_DIR = "split"
 
@@ -101,14 +103,14 @@ class MovieLensTask(Task):
     def _item_features(self) -> tuple[list[int], Tensor, Tensor]:
         items = self.dataset.items.set_index("item").reindex(self.item_ids)
         year = items["year"].fillna(0).astype(int).to_numpy()
-        decade = np.where(year > 0, (year - 1900).clip(0, 130) // 10 + 1, 0)  # 0 unknown, 1 = 1900s, ...
+        decade = np.where(year > 0, (year - FIRST_YEAR).clip(0, LAST_YEAR - FIRST_YEAR) // 10 + 1, 0)
         genres = sorted({g for gs in items["genres"].dropna() for g in gs})
         index = {g: i for i, g in enumerate(genres)}
         multi = torch.zeros(self.n_items, len(genres))
         for row, gs in enumerate(items["genres"]):
             for g in gs if isinstance(gs, list) else []:
                 multi[row, index[g]] = 1.0
-        return [14], torch.as_tensor(decade[:, None], dtype=torch.long), multi
+        return [N_DECADES], torch.as_tensor(decade[:, None], dtype=torch.long), multi
 
     def build_model(self) -> nn.Module:
         name = self.cfg.model.name
@@ -170,8 +172,7 @@ class MovieLensTask(Task):
             neg = batch["negatives"]
             vectors = model.item_vectors(torch.cat([pos, neg.flatten()]))  # one pass: one set of BN statistics
             vp, vn = vectors[: len(pos)], vectors[len(pos):].view(*neg.shape, -1)
-            scale = 1 / model.temperature if m.score == "cosine" else 1.0
-            pos_s, neg_s = (u * vp).sum(-1) * scale, (u[:, None] * vn).sum(-1) * scale
+            pos_s, neg_s = model.pair_scores(u, vp), model.pair_scores(u[:, None], vn)
             if m.loss == "bpr":
                 loss = nn.functional.softplus(neg_s - pos_s[:, None]).mean()
             else:
