@@ -1,16 +1,31 @@
-"""Cost figures of a model: parameters, forward FLOPs per example, peak memory."""
+"""Cost figures of a model: parameters, forward FLOPs per example, inference latency, size, peak memory.
+
+FLOPs here are floating-point operations with one multiply-add counted as 2 (so MACs = FLOPs / 2)."""
 from __future__ import annotations
 
+import io
 import resource
+import statistics
 import sys
+import time
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+FLOPS_COUNTING = "FLOPs of one forward pass, one multiply-add = 2 FLOPs (MACs = FLOPs / 2)"
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def state_size_bytes(model: nn.Module) -> int:
+    """Bytes of the model's state_dict as torch.save writes it: the size of a weights-only checkpoint."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
 
 
 def _lstm_flops(module: nn.LSTM, inputs: tuple, flops: list[int]) -> None:
@@ -28,10 +43,16 @@ def _lstm_flops(module: nn.LSTM, inputs: tuple, flops: list[int]) -> None:
 @torch.no_grad()
 def forward_flops(model: nn.Module, example: Tensor | tuple[Tensor, ...]) -> int:
     """FLOPs of one forward pass on one example (multiply-add = 2 FLOPs): PyTorch's FlopCounterMode
-    over the ops that dominate (matmul, conv, ...), plus LSTM layers counted by hand; in eval mode."""
+    over the ops that dominate (matmul, conv, ...), plus LSTM layers counted by hand; in eval mode.
+
+    FlopCounterMode sees nothing inside the fused CPU/cuDNN LSTM kernels (it counts 0), but does see
+    the decomposed matmuls on some backends (meta): whatever it attributes to an LSTM module is
+    replaced by the analytic count, so an LSTM is counted exactly once on every device."""
     was_training = model.training
     model.eval()
     lstm_flops = [0]
+    lstm_names = [f"{type(model).__name__}.{name}" for name, m in model.named_modules()
+                  if isinstance(m, nn.LSTM) and name]
     hooks = [m.register_forward_pre_hook(lambda mod, inp: _lstm_flops(mod, inp, lstm_flops))
              for m in model.modules() if isinstance(m, nn.LSTM)]
     try:
@@ -41,7 +62,47 @@ def forward_flops(model: nn.Module, example: Tensor | tuple[Tensor, ...]) -> int
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    return int(counter.get_total_flops()) + lstm_flops[0]
+    counts = counter.get_flop_counts()
+    seen_in_lstm = sum(sum(counts.get(name, {}).values()) for name in lstm_names)
+    return int(counter.get_total_flops()) - int(seen_in_lstm) + lstm_flops[0]
+
+
+def repeat_batch(example: Tensor | tuple[Tensor, ...], size: int) -> Tensor | tuple[Tensor, ...]:
+    """A batch of `size` copies of a one-example input (every input tensor has the batch first)."""
+    if isinstance(example, tuple):
+        return tuple(t.expand(size, *t.shape[1:]).contiguous() for t in example)
+    return example.expand(size, *example.shape[1:]).contiguous()
+
+
+@torch.no_grad()
+def inference_latency(model: nn.Module, batch: Tensor | tuple[Tensor, ...], device: torch.device,
+                      autocast: torch.autocast, warmup: int = 1, repeats: int = 10,
+                      max_seconds: float = 10.0) -> tuple[float | None, int]:
+    """(median seconds of one forward pass over `batch` in eval mode, number of timed passes).
+
+    Warm-up passes are not timed (allocator, cuDNN autotuning, lazy init); timing stops after
+    `repeats` passes or once `max_seconds` are spent, but never before 3 passes."""
+    if repeats <= 0:
+        return None, 0
+    was_training = model.training
+    model.eval()
+    call = (lambda: model(*batch)) if isinstance(batch, tuple) else (lambda: model(batch))
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    times: list[float] = []
+    try:
+        with autocast:
+            for _ in range(warmup):
+                call()
+            sync()
+            started = time.perf_counter()
+            while len(times) < repeats and (len(times) < 3 or time.perf_counter() - started < max_seconds):
+                t0 = time.perf_counter()
+                call()
+                sync()
+                times.append(time.perf_counter() - t0)
+    finally:
+        model.train(was_training)
+    return statistics.median(times), len(times)
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -81,21 +81,21 @@ def plain(value: Any) -> Any:
     return OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
 
 
-def clip_gradients(params: list, mode: str, max_value: float):
-    """Clip the gradients of `params` in place; return (total norm before clipping, whether clipping fired)
-    as device tensors, so the training loop never waits for the host.
+def clip_gradients(params: list, mode: str, max_value: float, norm):
+    """Clip the gradients of `params` in place, given their global L2 norm before clipping (measured
+    once by the gradient monitor); return whether clipping fired, as a device tensor, so the training
+    loop never waits for the host.
 
     mode "norm" rescales all gradients together so their global L2 norm is at most max_value;
-    "value" clamps every element to [-max_value, max_value]; "none" only measures the norm."""
+    "value" clamps every element to [-max_value, max_value]; "none" does nothing."""
     import torch
 
-    grads = [p.grad for p in params if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm(grads)
     if mode == "norm":
         torch.nn.utils.clip_grads_with_norm_(params, max_value, norm)
-        return norm, norm > max_value
+        return norm > max_value
     if mode == "value":
+        grads = [p.grad for p in params if p.grad is not None]
         fired = torch.stack([g.abs().amax() for g in grads]).amax() > max_value
         torch.nn.utils.clip_grad_value_(params, max_value)
-        return norm, fired
-    return norm, torch.zeros((), dtype=torch.bool, device=norm.device)
+        return fired
+    return torch.zeros((), dtype=torch.bool, device=norm.device)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from regbench import __version__, complexity
 from regbench.data.files import write_atomic
+from regbench.gradients import GradientMonitor, Thresholds
 from regbench.optim import DecoupledWeightDecay, build_optimizer, build_scheduler
 from regbench.regularizers import clip_gradients
 from regbench.results import (CHECKPOINT_DIR, HISTORY_FILE, METRICS_FILE, flatten, write_csv_atomic,
@@ -80,6 +81,7 @@ class _Loop:
     device: torch.device
     steps_per_epoch: int
     show_progress: bool
+    gradients: GradientMonitor
 
 
 @dataclass
@@ -87,7 +89,7 @@ class _EpochResult:
     metrics: dict[str, float]        # the task's train metrics for the epoch ("loss", ...)
     seconds: float
     diverged: bool
-    gradient_stats: dict[str, float]  # global grad norm before clipping: mean/max/min, and the clip rate
+    gradient_stats: dict[str, float]  # GradientMonitor's summary (norms before clipping) and the clip rate
 
 
 class Run:
@@ -101,8 +103,11 @@ class Run:
         self.record: dict[str, Any] = {
             "status": "running", "task": cfg.task.name, "model": cfg.model.name,
             "regularizer": cfg.regularizer.name, "optimizer": cfg.optimizer.name, "schedule": cfg.schedule.name,
-            "seed": int(cfg.seed), "primary_metric": None, "best_epoch": None, "epochs_run": 0,
-            "train": {}, "val": {}, "test": {}, "gap": None, "params": None, "flops_per_example": None,
+            "seed": int(cfg.seed), "primary_metric": None, "higher_is_better": None, "best_epoch": None,
+            "epochs_run": 0, "train": {}, "val": {}, "test": {}, "gap": None, "params": None,
+            "params_trainable": None, "flops_per_example": None, "flops_counting": complexity.FLOPS_COUNTING,
+            "latency_s_per_batch": None, "latency_batch_size": None, "latency_repeats": None,
+            "model_size_bytes": None, "checkpoint_bytes": None, "gradients": {},
             "train_time_s": 0.0, "eval_time_s": 0.0, "wall_time_s": None, "peak_memory_bytes": None,
             "peak_memory_kind": None, "device": None, "precision": None, "data": {}, "versions": versions(),
             "git_commit": git_commit(), "host": socket.gethostname(),
@@ -154,10 +159,13 @@ class Run:
 
         task = TASKS[cfg.task.name](cfg, device)
         self.record["primary_metric"] = metric = task.primary_metric
+        self.record["higher_is_better"] = task.higher_is_better
         self.record["data"] = task.data_summary()
         torch.manual_seed(cfg.seed)  # model init does not depend on how much randomness data loading used
         model = task.build_model().to(device)
         self.record["params"] = complexity.count_parameters(model)
+        self.record["params_trainable"] = complexity.count_parameters(model, trainable_only=True)
+        self.record["model_size_bytes"] = complexity.state_size_bytes(model)
         self.record["flops_per_example"] = complexity.forward_flops(model, task.example_input())
 
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -175,9 +183,35 @@ class Run:
             self.record["eval_time_s"] = round(self.record["eval_time_s"] + time.perf_counter() - t1, 3)
             self.record["gap"] = self.record["train"][metric] - self.record["test"][metric]
             task.write_outputs(self.run_dir)
+            self._measure_latency(task, model, device, autocast)
+        checkpoint = self.run_dir / CHECKPOINT_DIR / "best.pt"
+        if checkpoint.exists():
+            self.record["checkpoint_bytes"] = checkpoint.stat().st_size
+        self._summarise_gradients()
         if self.record["status"] == "running":
             self.record["status"] = "completed"
         self.record["peak_memory_bytes"], self.record["peak_memory_kind"] = complexity.peak_memory(device)
+
+    def _measure_latency(self, task: Task, model: nn.Module, device: torch.device, autocast: torch.autocast) -> None:
+        lcfg = self.cfg.trainer.latency
+        size = int(lcfg.batch_size or self.cfg.trainer.eval_batch_size)
+        batch = complexity.repeat_batch(task.example_input(), size)
+        seconds, repeats = complexity.inference_latency(model, batch, device, autocast, warmup=int(lcfg.warmup),
+                                                        repeats=int(lcfg.repeats), max_seconds=float(lcfg.max_seconds))
+        self.record.update(latency_s_per_batch=None if seconds is None else round(seconds, 6),
+                           latency_batch_size=size, latency_repeats=repeats)
+
+    def _summarise_gradients(self) -> None:
+        """Whole-run gradient facts for metrics.json (per-epoch detail is in history.csv)."""
+        rows = [r for r in self.history if "grad_norm_max" in r]
+        if not rows:
+            return
+        self.record["gradients"] = {
+            "norm_max": max(r["grad_norm_max"] for r in rows),
+            "clip_rate": sum(r["clip_rate"] for r in rows) / len(rows),
+            "vanishing_epochs": sum(int(r["grad_vanishing"]) for r in rows),
+            "exploding_epochs": sum(int(r["grad_exploding"]) for r in rows),
+        }
 
     def _score_untrained(self, task: Task, model: nn.Module) -> dict[str, torch.Tensor]:
         model.eval()
@@ -195,10 +229,13 @@ class Run:
         metric = task.primary_metric
         optimizer, decoupled_wd = build_optimizer(cfg, model)
         steps_per_epoch = task.num_train_batches()
+        gcfg = tcfg.gradients
+        monitor = GradientMonitor(model, device, Thresholds(float(gcfg.vanishing_below), float(gcfg.exploding_above)),
+                                  per_layer=bool(gcfg.per_layer))
         loop = _Loop(task=task, model=model, optimizer=optimizer, decoupled_wd=decoupled_wd,
                      scheduler=build_scheduler(cfg, optimizer, steps_per_epoch, steps_per_epoch * tcfg.max_epochs),
                      autocast=autocast, generator=generator, device=device, steps_per_epoch=steps_per_epoch,
-                     show_progress=tcfg.progress and sys.stderr.isatty())
+                     show_progress=tcfg.progress and sys.stderr.isatty(), gradients=monitor)
         better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
 
         best_value, best_state, bad_epochs = None, None, 0
@@ -210,7 +247,7 @@ class Run:
             self.record["train_time_s"] = round(self.record["train_time_s"] + epoch_result.seconds, 3)
             self.record["epochs_run"] = epoch
             if epoch_result.diverged:
-                row.update(lr=lr, train_time_s=epoch_result.seconds, eval_time_s=0.0)
+                row.update(lr=lr, train_time_s=epoch_result.seconds, eval_time_s=0.0, **epoch_result.gradient_stats)
                 self.history.append(row)
                 self.record["status"] = "diverged"
                 log.warning("epoch %d: the training loss is not finite: the run diverged", epoch)
@@ -249,12 +286,12 @@ class Run:
         """One pass over the training batches. Statistics stay on the device until the epoch ends."""
         cfg = self.cfg
         model, optimizer = loop.model, loop.optimizer
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = loop.gradients.params
         l1_params = [p for p in params if p.ndim > 1]  # weights, not biases or norm scales
         clip_mode, clip_max = cfg.regularizer.grad_clip.mode, float(cfg.regularizer.grad_clip.max)
         model.train()
         sums: dict[str, torch.Tensor] = {}
-        norms = torch.zeros(loop.steps_per_epoch, device=loop.device)
+        loop.gradients.start_epoch(loop.steps_per_epoch)
         clipped = torch.zeros((), device=loop.device)
         diverged = False
         t0 = time.perf_counter()
@@ -270,7 +307,7 @@ class Run:
                 objective = loss + cfg.penalty.l1 * sum(p.abs().sum() for p in l1_params)
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
-            norms[step], fired = clip_gradients(params, clip_mode, clip_max)
+            fired = clip_gradients(params, clip_mode, clip_max, loop.gradients.observe())
             clipped += fired
             if loop.decoupled_wd is not None:
                 loop.decoupled_wd.apply()
@@ -286,11 +323,10 @@ class Run:
         seconds = time.perf_counter() - t0
         steps_done = step + 1
         metrics = loop.task.train_metrics({k: float(v) for k, v in sums.items()})
-        norms = norms[:steps_done].float()
-        return _EpochResult(
-            metrics=metrics, seconds=seconds, diverged=diverged or not math.isfinite(metrics["loss"]),
-            gradient_stats={"grad_norm_mean": float(norms.mean()), "grad_norm_max": float(norms.max()),
-                            "grad_norm_min": float(norms.min()), "clip_rate": float(clipped) / steps_done})
+        gradient_stats = loop.gradients.epoch_summary()
+        gradient_stats["clip_rate"] = float(clipped) / max(steps_done, 1)
+        return _EpochResult(metrics=metrics, seconds=seconds, diverged=diverged or not math.isfinite(metrics["loss"]),
+                            gradient_stats=gradient_stats)
 
     def _save_checkpoint(self, state: dict[str, torch.Tensor], epoch: int, val: dict[str, float]) -> None:
         checkpoint = {"model": state, "epoch": epoch, "val": val,

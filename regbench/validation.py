@@ -113,6 +113,13 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "trainer.precision", PRECISIONS)
     _bool(cfg, "trainer.progress")
     _bool(cfg, "trainer.save_checkpoint")
+    _bool(cfg, "trainer.gradients.per_layer")
+    _number(cfg, "trainer.gradients.vanishing_below", low=0)
+    _number(cfg, "trainer.gradients.exploding_above", low=0, low_open=True)
+    _number(cfg, "trainer.latency.batch_size", low=1, integer=True, allow_none=True)
+    _number(cfg, "trainer.latency.warmup", low=0, integer=True)
+    _number(cfg, "trainer.latency.repeats", low=0, integer=True)
+    _number(cfg, "trainer.latency.max_seconds", low=0)
     device = _get(cfg, "trainer.device")
     if not (device in ("auto", "cpu", "cuda") or (isinstance(device, str) and device.startswith("cuda:")
                                                   and device[5:].isdigit())):

@@ -36,6 +36,11 @@ def test_one_epoch_run_writes_every_file_of_the_record(compose_cfg, tiny_data_di
     assert on_disk["params"] > 1000 and on_disk["flops_per_example"] > on_disk["params"]
     assert on_disk["train_time_s"] > 0 and on_disk["peak_memory_bytes"] > 0 and on_disk["device"] == "cpu"
     assert on_disk["versions"]["torch"] == torch.__version__
+    # cost figures: trainable = total here; the checkpoint holds the weights plus a little metadata
+    assert on_disk["params_trainable"] == on_disk["params"] and on_disk["higher_is_better"] is True
+    assert on_disk["params"] * 4 < on_disk["model_size_bytes"] < on_disk["checkpoint_bytes"]
+    assert on_disk["latency_s_per_batch"] > 0 and on_disk["latency_batch_size"] == 32
+    assert 3 <= on_disk["latency_repeats"] <= 10 and "multiply-add = 2" in on_disk["flops_counting"]
     assert on_disk["data"] == {"source": on_disk["data"]["source"], "n_train": 60, "n_val": 20, "n_test": 30,
                                "n_train_eval": 20}
 
