@@ -1,4 +1,5 @@
-"""Hydra callbacks: keep a sweep's results.csv current and show it when the sweep ends."""
+"""Hydra callbacks: keep a sweep's results.csv current; when the sweep ends, show it and write the
+grouped summary (summary.csv/.md/.tex, as `regbench compare SWEEP_DIR` would) into the sweep directory."""
 from __future__ import annotations
 
 import logging
@@ -29,3 +30,17 @@ class SweepResultsCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         frame = update_sweep_results(sweep_dir)
         print(f"\n{summary_table(frame)}\n\n{len(frame)} runs; results: {sweep_dir / RESULTS_FILE}")
+        if frame.empty:
+            return
+        try:  # the grouped summary is a convenience: a problem with it must not fail a finished sweep
+            import pandas as pd
+
+            from regbench.compare import compare
+
+            comparison = compare([sweep_dir])
+            files = comparison.write(sweep_dir)
+            with pd.option_context("display.width", 250, "display.max_columns", None):
+                print(f"\n{comparison.text()}\nsummary: {', '.join(str(f) for f in files)}")
+        except Exception as err:  # noqa: BLE001 - logged, and `regbench compare` can redo it
+            log.warning("could not write the sweep summary (%s: %s); run `regbench compare %s`",
+                        type(err).__name__, err, sweep_dir)

@@ -1,6 +1,12 @@
-"""The `regbench` command: a Hydra app (every config key is settable as key=value)."""
+"""The `regbench` command: a Hydra app (every config key is settable as key=value), plus two
+subcommands that only read run records and take ordinary options:
+
+    regbench compare PATH... [--by KEY ...] [--metric M] [--baseline KEY=VALUE | --no-baseline] [--out DIR] [--plots]
+    regbench report SWEEP_DIR... [--out FILE.html] [--by ...] [--metric ...] [--baseline ...]
+"""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -47,7 +53,84 @@ def train(cfg: DictConfig) -> float | None:
     return record["test"].get(metric)
 
 
+SUBCOMMANDS = ("compare", "report")
+
+
+def _subcommand_parser() -> argparse.ArgumentParser:
+    from regbench.compare import DEFAULT_BASELINE
+
+    parser = argparse.ArgumentParser(prog="regbench", description="Compare and report regbench runs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("compare", "aggregate runs over seeds, test against a baseline, write tables"),
+                            ("report", "one self-contained HTML file: configuration, tables and every plot")):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("paths", nargs="+", metavar="PATH",
+                         help="sweep directories, run directories or results.csv files, in any mix")
+        sub.add_argument("--by", nargs="+", metavar="KEY",
+                         help="group by these keys (default: task, model, regularizer, optimizer and every "
+                              "overridden key that varies)")
+        sub.add_argument("--metric", help="the metric to compare, e.g. test.accuracy or val.f1 "
+                                          "(default: each task's primary test metric)")
+        sub.add_argument("--baseline", default=DEFAULT_BASELINE, metavar="KEY=VALUE",
+                         help=f"the group every other group is tested against (default: {DEFAULT_BASELINE})")
+        sub.add_argument("--no-baseline", dest="baseline", action="store_const", const=None,
+                         help="no deltas or tests")
+        if name == "compare":
+            sub.add_argument("--out", type=Path, help="where summary.csv/.md/.tex (and plots/) go (default: the "
+                                                      "sweep directory when one is given, else ./compare-<time>)")
+            sub.add_argument("--plots", action="store_true", help="also write every plot (PNG and SVG) to OUT/plots")
+        else:
+            sub.add_argument("--out", type=Path, help="the HTML file (default: SWEEP_DIR/report.html for one "
+                                                      "directory, else ./report-<time>.html)")
+    return parser
+
+
+def _default_out(paths: list[str], name: str) -> Path:
+    from datetime import datetime
+
+    dirs = [Path(p) for p in paths if Path(p).is_dir()]
+    if len(paths) == 1 and dirs:
+        return dirs[0] / name if name.endswith(".html") else dirs[0]
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return Path(f"report-{stamp}.html") if name.endswith(".html") else Path(f"compare-{stamp}")
+
+
+def run_subcommand(argv: list[str]) -> int:
+    """`regbench compare|report ...`; returns the exit code (2 for anything the user can fix)."""
+    import pandas as pd
+
+    from regbench.compare import compare
+
+    args = _subcommand_parser().parse_args(argv)
+    try:
+        comparison = compare(args.paths, by=args.by, metric=args.metric, baseline=args.baseline)
+        if args.command == "compare":
+            out = args.out or _default_out(args.paths, "")
+            files = comparison.write(out)
+            if args.plots:
+                from regbench.plots import write_plots
+
+                files += write_plots(comparison, out / "plots")
+            with pd.option_context("display.width", 250, "display.max_columns", None):
+                print(comparison.text())
+            print("\nwrote " + ", ".join(str(f) for f in files))
+        else:
+            from regbench.report import write_report
+
+            out = args.out or _default_out(args.paths, "report.html")
+            write_report(comparison, out)
+            print(f"wrote {out}")
+    except (RegbenchError, OSError) as err:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"regbench {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        sys.exit(run_subcommand(sys.argv[1:]))
     if os.environ.get(DEBUG_ENV):
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     train()

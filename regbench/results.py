@@ -65,20 +65,26 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
         return json.load(fh)
 
 
+def run_row(run_dir: Path, relative_to: Path) -> dict[str, Any]:
+    """One flat row for one run record: the metrics plus the overrides that made the run, each override
+    also as its own column (`optimizer.lr`), and "overrides" as the `key=value ...` line."""
+    record = read_metrics(run_dir)
+    overrides = record.pop("overrides", {}) or {}
+    row = {"run_dir": str(run_dir.relative_to(relative_to)) if run_dir != relative_to else "."}
+    row.update(flatten(record))
+    for key, value in overrides.items():
+        row.setdefault(key, value)
+    row["overrides"] = " ".join(f"{k}={v}" for k, v in overrides.items())
+    return row
+
+
 def sweep_rows(sweep_dir: Path) -> Iterator[dict[str, Any]]:
-    """One flat row per run record below sweep_dir: the metrics plus the overrides that made the run."""
+    """One flat row per run record below sweep_dir."""
     for metrics_file in sorted(sweep_dir.rglob(METRICS_FILE), key=lambda p: str(p)):
         try:
-            record = read_metrics(metrics_file.parent)
+            yield run_row(metrics_file.parent, sweep_dir)
         except (OSError, json.JSONDecodeError):
             continue  # a run being written right now; the next update picks it up
-        overrides = record.pop("overrides", {}) or {}
-        row = {"run_dir": str(metrics_file.parent.relative_to(sweep_dir))}
-        row.update(flatten(record))
-        for key, value in overrides.items():
-            row.setdefault(key, value)
-        row["overrides"] = " ".join(f"{k}={v}" for k, v in overrides.items())
-        yield row
 
 
 @contextmanager

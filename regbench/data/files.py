@@ -12,6 +12,9 @@ from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
+_UMASK = os.umask(0)  # read the process umask once (the only way to read it is to set it) ...
+os.umask(_UMASK)      # ... and put it back at once
+
 
 def write_atomic(target: Path, write: Callable[[BinaryIO], None]) -> None:
     """Call write(fh) on a temporary sibling of `target`, flush and fsync it, then rename it over
@@ -23,6 +26,7 @@ def write_atomic(target: Path, write: Callable[[BinaryIO], None]) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,107 @@
+"""`regbench report`: one self-contained HTML file (images embedded as base64 PNG, no external
+references) with the configuration summary, the comparison tables and every plot, to attach to an
+e-mail or a paper review."""
+from __future__ import annotations
+
+import base64
+import html
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from regbench import __version__
+from regbench.plots import write_plots
+from regbench.results import write_text_atomic
+
+STYLE = """
+body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1400px; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; white-space: nowrap; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0 1.5em; }
+pre { background: #f7f7f7; padding: 0.75em; overflow-x: auto; font-size: 0.8em; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+CAPTIONS = {
+    "test_metric": "Test metric per group: mean over completed seeds with its 95% confidence interval (Student t).",
+    "quality_vs_cost": "Quality against cost: parameters, forward FLOPs per example, and training time.",
+    "learning_curves": "Learning curves: train (solid) and validation (dashed), mean over seeds, band = min to max.",
+    "gradient_flow": "Gradient flow: log10 of each layer's mean gradient norm (before clipping) per epoch.",
+}
+
+
+def _facts(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    def values(column: str) -> str:
+        if column not in runs:
+            return "–"
+        return ", ".join(str(v) for v in dict.fromkeys(runs[column].dropna().astype(str))) or "–"
+
+    started = runs["started_at"].dropna().astype(str) if "started_at" in runs else pd.Series(dtype=str)
+    return [("inputs", values("source")), ("runs", str(len(runs))),
+            ("status", ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())),
+            ("tasks", values("task")), ("models", values("model")), ("regularizers", values("regularizer")),
+            ("optimizers", values("optimizer")), ("seeds", values("seed")), ("devices", values("device")),
+            ("precision", values("precision")), ("runs started", f"{started.min()} to {started.max()}"
+                                                  if len(started) else "–"),
+            ("regbench", values("versions.regbench")), ("torch", values("versions.torch")),
+            ("git commits", values("git_commit")), ("hosts", values("host"))]
+
+
+def _config_snippets(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """The resolved configuration of the first run of each task (Hydra's own .hydra/config.yaml)."""
+    out = []
+    if "run_path" not in runs:
+        return out
+    for task, part in runs.groupby("task", sort=False) if "task" in runs else [("runs", runs)]:
+        for path in part["run_path"].dropna():
+            config = Path(path) / ".hydra" / "config.yaml"
+            if config.is_file():
+                out.append((f"{task}: {Path(path).name}", config.read_text(encoding="utf-8")))
+                break
+    return out
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    stem = path.stem.split("_gradient_flow")[0]
+    caption = CAPTIONS.get("gradient_flow" if stem.startswith("gradient_flow") else stem, "")
+    return (f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+            f'<figcaption class="note">{html.escape(caption)}</figcaption></figure>')
+
+
+def render(comparison, plot_files: list[Path]) -> str:
+    runs = comparison.runs
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>regbench report</title>"
+             f"<style>{STYLE}</style></head><body>",
+             "<h1>regbench report</h1>",
+             f"<p class=\"note\">Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by regbench "
+             f"{html.escape(__version__)} from the run records only.</p>",
+             "<h2>Configuration</h2><table>"]
+    parts += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in _facts(runs)]
+    parts.append("</table>")
+    for title, text in _config_snippets(runs):
+        parts.append(f"<details><summary>Resolved config of {html.escape(title)}</summary>"
+                     f"<pre>{html.escape(text)}</pre></details>")
+    parts += ["<h2>Comparison</h2>", f"<p class=\"note\">{html.escape(comparison.status_line())}. "
+              "Differences to the baseline use a paired t-test when both groups ran the same seeds, "
+              "Welch's t-test otherwise.</p>",
+              comparison.table.to_html(index=False, border=0, escape=True)]
+    parts += ["<h2>Plots</h2>"] + [_image(p) for p in plot_files if p.suffix == ".png"]
+    columns = [c for c in ("run_dir", "status", "task", "model", "regularizer", "optimizer", "seed", "best_epoch",
+                           "epochs_run", "train_time_s", "error", "source") if c in runs]
+    metric_columns = sorted(c for c in runs.columns if c.startswith("test.") and "per_type" not in c)[:6]
+    parts += ["<h2>Every run</h2><details><summary>One row per run record</summary>",
+              runs[columns + metric_columns].to_html(index=False, border=0, na_rep="–"), "</details>",
+              "</body></html>\n"]
+    return "\n".join(parts)
+
+
+def write_report(comparison, out: Path) -> Path:
+    with tempfile.TemporaryDirectory(prefix="regbench-report-") as tmp:
+        plot_files = write_plots(comparison, Path(tmp))
+        write_text_atomic(Path(out), render(comparison, plot_files))
+    return Path(out)

@@ -1,0 +1,177 @@
+"""`regbench compare`: aggregation, baseline tests, grouping and inputs, on run records written to disk
+the way runs write them. Reference numbers are computed by hand (numpy and closed forms), not by the
+code under test."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from regbench.compare import CompareError, compare, difference, mean_interval
+from regbench.results import update_sweep_results, write_json_atomic
+
+T_975_DF2 = 4.302652729911275  # Student t quantiles from a printed table
+T_975_DF4 = 2.7764451051977987
+
+
+def write_run(run_dir: Path, regularizer: str, seed: int, accuracy: float | None, status: str = "completed",
+              task: str = "cifar10", **overrides: str) -> None:
+    overrides = {"regularizer": regularizer, "seed": str(seed), **overrides}
+    write_json_atomic(run_dir / "metrics.json", {
+        "status": status, "task": task, "model": "cnn13", "regularizer": regularizer, "optimizer": "momentum",
+        "seed": seed, "primary_metric": "accuracy", "higher_is_better": True,
+        "test": {} if accuracy is None else {"accuracy": accuracy, "loss": 1.0},
+        "train": {} if accuracy is None else {"accuracy": accuracy + 0.1},
+        "gap": None if accuracy is None else 0.1, "params": 1000, "flops_per_example": 5000,
+        "train_time_s": 10.0 + seed, "peak_memory_bytes": 2 ** 20 * (100 + seed), "overrides": overrides})
+
+
+def make_sweep(root: Path, values: dict[str, list[float]], first_seed: int = 0, **extra: str) -> Path:
+    job = 0
+    for regularizer, accuracies in values.items():
+        for i, accuracy in enumerate(accuracies):
+            write_run(root / str(job), regularizer, first_seed + i, accuracy, **extra)
+            job += 1
+    return root
+
+
+NONE = [0.80, 0.82, 0.84]
+BN = [0.85, 0.88, 0.86]
+
+
+def test_mean_std_and_interval_match_a_hand_computation(tmp_path):
+    summary = compare([make_sweep(tmp_path / "s", {"none": NONE, "bn": BN})]).summary.set_index("regularizer")
+    for name, values in (("none", NONE), ("bn", BN)):
+        x = np.array(values)
+        half = T_975_DF2 * x.std(ddof=1) / math.sqrt(3)
+        row = summary.loc[name]
+        assert row["n"] == 3 and row["runs"] == 3 and row["seeds"] == "0 1 2"
+        assert row["mean"] == pytest.approx(x.mean()) and row["std"] == pytest.approx(x.std(ddof=1))
+        assert row["ci_low"] == pytest.approx(x.mean() - half) and row["ci_high"] == pytest.approx(x.mean() + half)
+        assert (row["min"], row["max"]) == (pytest.approx(x.min()), pytest.approx(x.max()))
+    assert summary.loc["bn", "rank"] == 1 and summary.loc["none", "rank"] == 2
+    assert summary.loc["bn", "train_time_s"] == pytest.approx(11.0)      # mean of 10, 11, 12
+    assert summary.loc["bn", "peak_memory_mib"] == pytest.approx(101.0)
+    assert summary.loc["bn", "gap"] == pytest.approx(0.1)
+
+
+def test_paired_difference_matches_the_closed_form(tmp_path):
+    summary = compare([make_sweep(tmp_path / "s", {"none": NONE, "bn": BN})]).summary.set_index("regularizer")
+    d = np.array(BN) - np.array(NONE)  # same seeds: paired by seed
+    se = d.std(ddof=1) / math.sqrt(3)
+    t = d.mean() / se
+    p = 1 - abs(t) / math.sqrt(t * t + 2)  # two-sided p of Student t with 2 degrees of freedom
+    row = summary.loc["bn"]
+    assert row["test"] == "paired t" and row["baseline"] == "regularizer=none"
+    assert row["delta"] == pytest.approx(d.mean())
+    assert row["p_value"] == pytest.approx(p, rel=1e-6)
+    assert row["delta_ci_low"] == pytest.approx(d.mean() - T_975_DF2 * se)
+    assert row["delta_ci_high"] == pytest.approx(d.mean() + T_975_DF2 * se)
+    assert math.isnan(summary.loc["none", "delta"])  # the baseline is not compared with itself
+
+
+def _t_two_sided_p(t: float, df: int) -> float:
+    """Integrate Student t's density numerically (independent of scipy)."""
+    grid = np.linspace(abs(t), 400.0, 2_000_001)
+    density = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2)) * \
+        (1 + grid ** 2 / df) ** (-(df + 1) / 2)
+    return 2 * float(np.sum((density[1:] + density[:-1]) / 2 * np.diff(grid)))
+
+
+def test_welch_when_the_seeds_differ():
+    a = {0: 1.0, 1: 2.0, 2: 3.0}
+    b = {5: 2.0, 6: 3.0, 7: 4.0}  # equal variances and sizes: Welch's df is exactly 2 (n - 1) = 4
+    result = difference(a, b)
+    se = math.sqrt(np.var(list(a.values()), ddof=1) / 3 + np.var(list(b.values()), ddof=1) / 3)
+    t = (2.0 - 3.0) / se
+    assert result.test == "Welch t" and result.delta == pytest.approx(-1.0)
+    assert result.p_value == pytest.approx(_t_two_sided_p(t, 4), rel=1e-4)
+    assert result.low == pytest.approx(-1.0 - T_975_DF4 * se) and result.high == pytest.approx(-1.0 + T_975_DF4 * se)
+
+
+def test_too_few_runs_give_a_mean_but_no_interval_or_test():
+    assert math.isnan(mean_interval([0.5]).low) and mean_interval([0.5]).mean == 0.5
+    result = difference({0: 0.9}, {0: 0.8})
+    assert result.delta == pytest.approx(0.1) and result.test == "" and math.isnan(result.p_value)
+
+
+def test_diverged_and_failed_runs_are_counted_not_averaged(tmp_path):
+    sweep = make_sweep(tmp_path / "s", {"none": NONE, "bn": BN})
+    write_run(sweep / "6", "bn", 3, 0.10, status="diverged")  # a metric exists, but it must not be averaged
+    write_run(sweep / "7", "bn", 4, None, status="failed")
+    comparison = compare([sweep])
+    row = comparison.summary.set_index("regularizer").loc["bn"]
+    assert (row["runs"], row["n"], row["completed"], row["diverged"], row["failed"]) == (5, 3, 3, 1, 1)
+    assert row["mean"] == pytest.approx(np.mean(BN))
+    shown = comparison.table.set_index("regularizer")
+    assert shown.loc["bn", "n"] == "3/5" and shown.loc["bn", "not averaged"] == "1 diverged, 1 failed"
+    assert "1 diverged" in comparison.status_line() and "1 failed" in comparison.status_line()
+
+
+def test_mixed_inputs_two_sweeps_and_a_csv_each_run_once(tmp_path):
+    a = make_sweep(tmp_path / "a", {"none": NONE[:2]})
+    b = make_sweep(tmp_path / "b", {"bn": BN[:2]})
+    c = make_sweep(tmp_path / "c", {"none": NONE[2:], "bn": BN[2:]}, first_seed=2)
+    update_sweep_results(c)
+    comparison = compare([a, b, c / "results.csv", c])  # c twice: its CSV and its folder
+    assert len(comparison.runs) == 6
+    summary = comparison.summary.set_index("regularizer")
+    assert summary.loc["none", "mean"] == pytest.approx(np.mean(NONE))
+    assert summary.loc["bn", "test"] == "paired t"  # seeds 0, 1, 2 on both sides, gathered from three inputs
+    one_run = compare([a / "0"])
+    assert one_run.summary["n"].tolist() == [1]
+
+
+def test_a_varying_override_makes_its_own_groups_and_by_overrides_it(tmp_path):
+    make_sweep(tmp_path / "s", {"none": NONE}, **{"optimizer.lr": "0.1"})
+    make_sweep(tmp_path / "s" / "more", {"none": BN}, **{"optimizer.lr": "0.01"})
+    comparison = compare([tmp_path / "s"])
+    assert comparison.keys == ["task", "model", "regularizer", "optimizer", "optimizer.lr"]
+    assert sorted(comparison.summary["optimizer.lr"]) == ["0.01", "0.1"]
+    pooled = compare([tmp_path / "s"], by=["regularizer"])
+    assert pooled.summary["runs"].tolist() == [6]
+    by_lr = compare([tmp_path / "s"], by=["optimizer.lr"], baseline="optimizer.lr=0.1")
+    row = by_lr.summary.set_index("optimizer.lr").loc["0.01"]
+    assert row["delta"] == pytest.approx(np.mean(BN) - np.mean(NONE)) and row["test"] == "paired t"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"by": ["nonsense"]}, "--by nonsense: no such column"),
+    ({"metric": "bleu"}, "no column 'test.bleu'"),
+    ({"baseline": "optimizer.lr=1"}, "not one of the grouping keys"),
+    ({"baseline": "none"}, "write it as KEY=VALUE"),
+])
+def test_bad_options_name_the_problem(tmp_path, kwargs, message):
+    with pytest.raises(CompareError, match=message):
+        compare([make_sweep(tmp_path / "s", {"none": NONE})], **kwargs)
+
+
+def test_an_input_without_records_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CompareError, match="no run records found"):
+        compare([tmp_path / "empty"])
+    with pytest.raises(CompareError, match="no such sweep directory"):
+        compare([tmp_path / "missing"])
+
+
+def test_another_metric_and_the_written_files(tmp_path):
+    sweep = make_sweep(tmp_path / "s", {"none": NONE, "bn": BN})
+    comparison = compare([sweep], metric="train.accuracy")
+    assert comparison.summary.set_index("regularizer").loc["bn", "mean"] == pytest.approx(np.mean(BN) + 0.1)
+    files = comparison.write(tmp_path / "out")
+    assert [f.name for f in files] == ["summary.csv", "summary.md", "summary.tex"]
+    tidy = pd.read_csv(files[0])
+    assert len(tidy) == 2 and {"mean", "ci_low", "ci_high", "delta", "p_value", "params"} <= set(tidy.columns)
+    assert "| bn " in files[1].read_text() and r"\begin{tabular}" in files[2].read_text()
+
+
+def test_cli_compare_exits_2_with_one_line_on_bad_input(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "regbench", "compare", str(tmp_path / "missing")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("regbench compare: error:") and "Traceback" not in result.stderr
