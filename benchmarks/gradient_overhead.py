@@ -5,7 +5,9 @@ global norm only (`trainer.gradients.per_layer=false`), and with per-layer stati
 
 Uses the real tasks, models, optimizer and GradientMonitor on real data (CIFAR-10 at width 0.25, CoNLL-2003,
 MovieLens-100K two-tower); the three modes are interleaved round by round so machine noise hits them alike,
-and the median step time of each mode is reported."""
+and the median step time of each mode is reported. Step times on a busy 2-core machine vary by several
+per cent, more than the diagnostics cost, so the cost of `GradientMonitor.observe()` alone is also timed
+(median of 200 calls on the real gradients) and given as a share of the step."""
 from __future__ import annotations
 
 import argparse
@@ -41,7 +43,7 @@ def time_steps(task, model, optimizer, batches, mode: str) -> float:
         loss.backward()
         if monitor:
             monitor.observe()
-        optimizer.step()
+        optimizer.step()  # gradients are kept (no zero_grad after) for observe_ms
     if monitor:
         monitor.epoch_summary()  # the once-per-epoch host read is part of the cost
     return (time.perf_counter() - t0) / len(batches)
@@ -55,8 +57,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{args.steps} steps x {args.rounds} rounds per mode, median ms/step")
-    print("| setup | layers | no measurement | global norm only | per-layer (default) | per-layer overhead |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| setup | layers | step, no measurement | step, global norm only | step, per-layer (default) "
+          "| observe(), global | observe(), per-layer | per-layer share of a step |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.setups:
         with initialize_config_module(config_module="regbench.conf", version_base="1.3"):
             cfg = compose("config", overrides=[*SETUPS[name], "trainer.device=cpu", "trainer.progress=false"])
@@ -76,9 +79,23 @@ def main() -> None:
             for mode in MODES:
                 times[mode].append(time_steps(task, model, optimizer, batches, mode))
         med = {mode: statistics.median(t) * 1000 for mode, t in times.items()}
+        observe = {mode: observe_ms(model, mode == "per_layer") for mode in ("global", "per_layer")}
         layers = len(GradientMonitor(model, torch.device("cpu"), Thresholds(1e-5, 100.0)).layers)
-        print(f"| {name} | {layers} | {med['none']:.2f} | {med['global']:.2f} | {med['per_layer']:.2f} | "
-              f"{100 * (med['per_layer'] / med['none'] - 1):+.1f}% |", flush=True)
+        print(f"| {name} | {layers} | {med['none']:.1f} | {med['global']:.1f} | {med['per_layer']:.1f} | "
+              f"{observe['global']:.3f} | {observe['per_layer']:.3f} | "
+              f"{100 * observe['per_layer'] / med['none']:.2f}% |", flush=True)
+
+
+def observe_ms(model, per_layer: bool, calls: int = 200) -> float:
+    """Median milliseconds of one observe() on the gradients the last step left."""
+    monitor = GradientMonitor(model, torch.device("cpu"), Thresholds(1e-5, 100.0), per_layer=per_layer)
+    monitor.start_epoch(calls)
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        monitor.observe()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
 
 
 if __name__ == "__main__":

@@ -229,6 +229,8 @@ def summarise(runs: pd.DataFrame, by: Sequence[str] | None = None, metric: str |
                    seeds=" ".join(str(s) for s in sorted(values)))
         for status in STATUSES:
             row[status] = int((group["status"] == status).sum())
+        # a seed completed twice in one group (the same run repeated) is averaged once, with its last record
+        row["repeated_seeds"] = max(row["completed"] - len(values), 0) if "seed" in group else 0
         completed = group[group["status"] == "completed"]
         for column, name, how in COST_COLUMNS:
             series = pd.to_numeric(completed[column], errors="coerce").dropna() if column in completed else pd.Series()
@@ -333,7 +335,9 @@ def display_table(summary: pd.DataFrame, keys: Sequence[str], baseline: str | No
     table["train s"] = summary["train_time_s"].map(lambda v: _fmt(v, 1))
     table["peak MiB"] = summary["peak_memory_mib"].map(lambda v: _fmt(v, 0))
     table["gap"] = summary["gap"].map(_fmt)
-    problems = [", ".join(f"{int(row[s])} {s}" for s in STATUSES[1:] if row[s]) for _, row in summary.iterrows()]
+    problems = [", ".join([f"{int(row[s])} {s}" for s in STATUSES[1:] if row[s]] +
+                          ([f"{int(row['repeated_seeds'])} repeated seed"] if row["repeated_seeds"] else []))
+                for _, row in summary.iterrows()]
     if any(problems):
         table["not averaged"] = [p or "" for p in problems]
     return table

@@ -104,12 +104,14 @@ def test_diverged_and_failed_runs_are_counted_not_averaged(tmp_path):
     sweep = make_sweep(tmp_path / "s", {"none": NONE, "bn": BN})
     write_run(sweep / "6", "bn", 3, 0.10, status="diverged")  # a metric exists, but it must not be averaged
     write_run(sweep / "7", "bn", 4, None, status="failed")
+    write_run(sweep / "8", "none", 2, NONE[2])  # seed 2 of none run again: averaged once
     comparison = compare([sweep])
     row = comparison.summary.set_index("regularizer").loc["bn"]
     assert (row["runs"], row["n"], row["completed"], row["diverged"], row["failed"]) == (5, 3, 3, 1, 1)
     assert row["mean"] == pytest.approx(np.mean(BN))
     shown = comparison.table.set_index("regularizer")
     assert shown.loc["bn", "n"] == "3/5" and shown.loc["bn", "not averaged"] == "1 diverged, 1 failed"
+    assert shown.loc["none", "n"] == "3/4" and shown.loc["none", "not averaged"] == "1 repeated seed"
     assert "1 diverged" in comparison.status_line() and "1 failed" in comparison.status_line()
 
 
