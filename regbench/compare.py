@@ -370,7 +370,8 @@ class Comparison:
         out_dir.mkdir(parents=True, exist_ok=True)
         files = [out_dir / f"{SUMMARY_NAME}.{ext}" for ext in ("csv", "md", "tex")]
         write_csv_atomic(files[0], self.summary)
-        write_text_atomic(files[1], self.table.to_markdown(index=False, disable_numparse=True) + "\n\n" + self.status_line() + "\n")
+        markdown = self.table.to_markdown(index=False, disable_numparse=True)  # keep "0.0030" as written
+        write_text_atomic(files[1], f"{markdown}\n\n{self.status_line()}\n")
         write_text_atomic(files[2], to_latex(self.table))
         return files
 

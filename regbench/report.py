@@ -40,11 +40,13 @@ def _facts(runs: pd.DataFrame) -> list[tuple[str, str]]:
             return "–"
         return ", ".join(str(v) for v in dict.fromkeys(runs[column].dropna().astype(str))) or "–"
 
+    seeds = pd.to_numeric(runs["seed"], errors="coerce").dropna() if "seed" in runs else pd.Series(dtype=float)
     started = runs["started_at"].dropna().astype(str) if "started_at" in runs else pd.Series(dtype=str)
     return [("inputs", values("source")), ("runs", str(len(runs))),
             ("status", ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())),
             ("tasks", values("task")), ("models", values("model")), ("regularizers", values("regularizer")),
-            ("optimizers", values("optimizer")), ("seeds", values("seed")), ("devices", values("device")),
+            ("optimizers", values("optimizer")),
+            ("seeds", " ".join(str(int(s)) for s in sorted(seeds.unique())) or "–"), ("devices", values("device")),
             ("precision", values("precision")), ("runs started", f"{started.min()} to {started.max()}"
                                                   if len(started) else "–"),
             ("regbench", values("versions.regbench")), ("torch", values("versions.torch")),
