@@ -37,16 +37,27 @@ def _overrides() -> dict[str, str]:
 def train(cfg: DictConfig) -> float | None:
     from regbench import runner
     from regbench.results import METRICS_FILE
-    from regbench.validation import validate
+
+    from hydra.types import RunMode
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        validate(cfg)
         record = runner.run(cfg, run_dir, _overrides())
-    except RegbenchError as err:
-        # One line the user can act on; nothing already written is removed.
-        log.error("regbench: error: %s", err)
-        sys.exit(2)
+    except runner.RunInterrupted as err:
+        # Ctrl-C or SIGTERM (pre-emption) ends the whole invocation; the record says `interrupted`.
+        log.error("regbench: %s", err)
+        sys.exit(128 + int(err.signum))
+    except Exception as err:  # noqa: BLE001 - the record (status failed, traceback) is already on disk
+        # One line the user can act on; nothing already written is removed. In a sweep the other runs go on.
+        where = "" if isinstance(err, RegbenchError) else f" (traceback in {run_dir / METRICS_FILE})"
+        log.error("regbench: error: %s%s", err if isinstance(err, RegbenchError) else f"{type(err).__name__}: {err}",
+                  where)
+        if os.environ.get(DEBUG_ENV):
+            raise
+        if in_sweep:
+            return None
+        sys.exit(2 if isinstance(err, RegbenchError) else 1)
     metric = record["primary_metric"]
     log.info("%s: test %s %s (best epoch %s of %s); record in %s", record["status"], metric,
              record["test"].get(metric), record["best_epoch"], record["epochs_run"], run_dir / METRICS_FILE)
@@ -133,6 +144,13 @@ def main() -> None:
         sys.exit(run_subcommand(sys.argv[1:]))
     if os.environ.get(DEBUG_ENV):
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    from regbench.preflight import check_command_line
+
+    try:  # every configuration of the command line, before anything starts
+        check_command_line(sys.argv[1:])
+    except RegbenchError as err:
+        print(f"regbench: error: {err}", file=sys.stderr)
+        sys.exit(2)
     train()
 
 

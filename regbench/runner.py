@@ -4,11 +4,15 @@ from __future__ import annotations
 import logging
 import math
 import platform
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
-from regbench import __version__, complexity
+from regbench import __version__, complexity, resume
 from regbench.data.files import write_atomic
 from regbench.gradients import GradientMonitor, Thresholds
 from regbench.optim import DecoupledWeightDecay, build_optimizer, build_scheduler
@@ -29,6 +33,7 @@ from regbench.results import (CHECKPOINT_DIR, HISTORY_FILE, METRICS_FILE, flatte
 from regbench.seeding import seed_everything
 from regbench.tasks import TASKS
 from regbench.tasks.base import Task
+from regbench.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +90,32 @@ class _Loop:
 
 
 @dataclass
+class _Progress:
+    """Where the epoch loop stands: what a last-epoch checkpoint carries besides the weights."""
+
+    best_value: float | None
+    best_state: dict[str, torch.Tensor] | None
+    bad_epochs: int
+    epoch: int        # the last finished epoch
+    stopped: bool     # early stopping ended the loop after that epoch
+
+
+class RunInterrupted(Exception):
+    """SIGTERM or SIGINT stopped the run between two steps; the last finished epoch's checkpoint stays."""
+
+    def __init__(self, signum: int | None, epoch: int, run_dir: Path) -> None:
+        name = signal.Signals(signum).name if signum else "a signal"
+        super().__init__(f"stopped by {name} during epoch {epoch}; run the same command again to resume from "
+                         f"{run_dir / CHECKPOINT_DIR / resume.LAST_CHECKPOINT} (if an epoch had finished)")
+        self.signum = signum or signal.SIGTERM
+
+
+@dataclass
 class _EpochResult:
     metrics: dict[str, float]        # the task's train metrics for the epoch ("loss", ...)
     seconds: float
     diverged: bool
+    interrupted: bool
     gradient_stats: dict[str, float]  # GradientMonitor's summary (norms before clipping) and the clip rate
 
 
@@ -112,9 +139,11 @@ class Run:
             "peak_memory_kind": None, "device": None, "precision": None, "data": {}, "versions": versions(),
             "git_commit": git_commit(), "host": socket.gethostname(),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished_at": None,
-            "error": None, "overrides": self.overrides,
+            "error": None, "run_id": None, "resumed_from": None, "reused_from": None, "overrides": self.overrides,
         }
         self.history: list[dict[str, Any]] = []
+        self.stop_signal: int | None = None  # set by SIGTERM/SIGINT; the loop stops at the next step
+        self.earlier: resume.Earlier | None = None
 
     # -- the record ------------------------------------------------------------------------------
     def _write_record(self) -> None:
@@ -128,26 +157,78 @@ class Run:
 
     # -- the run -------------------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
+        """Train (or reuse a finished earlier attempt, or resume an unfinished one) and write the record.
+
+        Raises RunInterrupted after SIGTERM/SIGINT and re-raises any other error, always after the
+        record (status `interrupted` or `failed`) is on disk."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        rid = self.record["run_id"] = resume.run_id(self.cfg)
+        if self.cfg.trainer.resume:
+            self.earlier = resume.find_earlier(self.cfg, rid, self.run_dir)
+            if self.earlier is not None and self.earlier.finished:
+                return self._reuse(self.earlier)
+        resume.remember(self.cfg, rid, self.run_dir)
+        self._write_record()  # status "running": a killed run is visible to compare and findable
         try:
-            self._train()
+            with self._stop_on_signals():
+                validate(self.cfg)
+                self._train()
         except BaseException as err:  # record every way a run can end, then let the caller decide
-            self.record["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-            self.record["error"] = f"{type(err).__name__}: {err}"
-            self.record["traceback"] = traceback.format_exc(limit=20)
+            interrupted = isinstance(err, (KeyboardInterrupt, RunInterrupted))
+            self.record["status"] = "interrupted" if interrupted else "failed"
+            self.record["error"] = str(err) if isinstance(err, RunInterrupted) else f"{type(err).__name__}: {err}"
+            if not interrupted:
+                self.record["traceback"] = traceback.format_exc(limit=20)
             self._finish()
             raise
         self._finish()
         return self.record
+
+    def _reuse(self, earlier: resume.Earlier) -> dict[str, Any]:
+        """The same configuration finished before: take its record instead of training again."""
+        record = dict(earlier.record)
+        log.info("run %s already %s in %s: reusing its record (trainer.resume=false trains it again)",
+                 record["run_id"], record["status"], earlier.run_dir)
+        if earlier.run_dir.resolve() != self.run_dir.resolve():
+            record.update(reused_from=str(earlier.run_dir), overrides=self.overrides)
+            history = earlier.run_dir / HISTORY_FILE
+            if history.is_file():
+                write_atomic(self.run_dir / HISTORY_FILE, lambda fh: fh.write(history.read_bytes()))
+            write_json_atomic(self.run_dir / METRICS_FILE, record)
+        return record
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGTERM (Slurm pre-emption, `kill`) and SIGINT (Ctrl-C) ask the loop to stop at the next step;
+        a second Ctrl-C stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def ask_to_stop(signum: int, frame: Any) -> None:
+            if self.stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            log.warning("%s received: stopping after this step (the last finished epoch's checkpoint stays)",
+                        signal.Signals(signum).name)
+
+        previous = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _finish(self) -> None:
         self.record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if self.history:
             self._write_history()
         self._write_record()
+        if self.record["status"] in resume.FINAL_STATUSES:  # never resumed again: free the disk
+            (self.run_dir / CHECKPOINT_DIR / resume.LAST_CHECKPOINT).unlink(missing_ok=True)
 
     def _train(self) -> None:
         cfg, tcfg = self.cfg, self.cfg.trainer
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
         device = resolve_device(tcfg.device)
@@ -238,10 +319,15 @@ class Run:
                      show_progress=tcfg.progress and sys.stderr.isatty(), gradients=monitor)
         better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
 
-        best_value, best_state, bad_epochs = None, None, 0
-        for epoch in range(1, tcfg.max_epochs + 1):
+        progress = _Progress(best_value=None, best_state=None, bad_epochs=0, epoch=0, stopped=False)
+        if self.earlier is not None and self.earlier.checkpoint is not None:
+            progress = self._resume_from(self.earlier.checkpoint, loop)
+        best_value, best_state, bad_epochs = progress.best_value, progress.best_state, progress.bad_epochs
+        for epoch in range(progress.epoch + 1, 0 if progress.stopped else tcfg.max_epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
             epoch_result = self._train_epoch(loop, epoch)
+            if epoch_result.interrupted:
+                raise RunInterrupted(self.stop_signal, epoch, self.run_dir)
             row: dict[str, Any] = {"epoch": epoch}
             row.update({f"train_{k}": v for k, v in epoch_result.metrics.items()})
             self.record["train_time_s"] = round(self.record["train_time_s"] + epoch_result.seconds, 3)
@@ -276,11 +362,42 @@ class Run:
                     self._save_checkpoint(best_state, epoch, val)
             else:
                 bad_epochs += 1
-                if tcfg.early_stopping.patience and bad_epochs >= tcfg.early_stopping.patience:
-                    log.info("early stopping: no better val %s for %d epochs", metric, bad_epochs)
-                    break
+            stop = bool(tcfg.early_stopping.patience and bad_epochs >= tcfg.early_stopping.patience)
+            self._save_last(loop, _Progress(best_value, best_state, bad_epochs, epoch, stop))
+            if stop:
+                log.info("early stopping: no better val %s for %d epochs", metric, bad_epochs)
+                break
 
         return best_state
+
+    # Record fields a resumed run carries over from its checkpoint.
+    _CARRIED = ("best_epoch", "val", "epochs_run", "train_time_s", "eval_time_s")
+
+    def _save_last(self, loop: _Loop, progress: _Progress) -> None:
+        """Everything needed to continue exactly after this epoch, written atomically."""
+        state = {"format": resume.CHECKPOINT_FORMAT, "run_id": self.record["run_id"], "epoch": progress.epoch,
+                 "stopped": progress.stopped, "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+                 "scheduler": loop.scheduler.state_dict(), "scaler": None,  # bf16 autocast needs no loss scaler
+                 "best_value": progress.best_value, "best_state": progress.best_state,
+                 "bad_epochs": progress.bad_epochs, "rng": resume.rng_state(loop.generator),
+                 "history": self.history, "record": {k: self.record[k] for k in self._CARRIED},
+                 "config": OmegaConf.to_container(self.cfg, resolve=True)}
+        write_atomic(self.run_dir / CHECKPOINT_DIR / resume.LAST_CHECKPOINT, lambda fh: torch.save(state, fh))
+
+    def _resume_from(self, path: Path, loop: _Loop) -> _Progress:
+        state = resume.load_checkpoint(path, self.record["run_id"])
+        loop.model.load_state_dict(state["model"])
+        loop.optimizer.load_state_dict(state["optimizer"])
+        loop.scheduler.load_state_dict(state["scheduler"])
+        resume.restore_rng(state["rng"], loop.generator)
+        self.history = list(state["history"])
+        self.record.update(state["record"])
+        self.record["resumed_from"] = f"{path} (after epoch {state['epoch']})"
+        log.info("resuming run %s after epoch %d from %s", self.record["run_id"], state["epoch"], path)
+        best_state = state["best_state"]
+        if best_state is not None and self.cfg.trainer.save_checkpoint and path.parent != self.run_dir / CHECKPOINT_DIR:
+            self._save_checkpoint(best_state, state["record"]["best_epoch"], state["record"]["val"])
+        return _Progress(state["best_value"], best_state, state["bad_epochs"], state["epoch"], state["stopped"])
 
     def _train_epoch(self, loop: _Loop, epoch: int) -> _EpochResult:
         """One pass over the training batches. Statistics stay on the device until the epoch ends."""
@@ -300,6 +417,10 @@ class Run:
                        dynamic_ncols=True)
         step = -1
         for step, batch in enumerate(batches):
+            if self.stop_signal is not None:  # the epoch is abandoned; the last epoch's checkpoint stays
+                batches.close()
+                return _EpochResult(metrics={}, seconds=time.perf_counter() - t0, diverged=False, interrupted=True,
+                                    gradient_stats={})
             with loop.autocast:
                 loss, stats = loop.task.training_step(model, batch)
             objective = loss
@@ -326,7 +447,7 @@ class Run:
         gradient_stats = loop.gradients.epoch_summary()
         gradient_stats["clip_rate"] = float(clipped) / max(steps_done, 1)
         return _EpochResult(metrics=metrics, seconds=seconds, diverged=diverged or not math.isfinite(metrics["loss"]),
-                            gradient_stats=gradient_stats)
+                            interrupted=False, gradient_stats=gradient_stats)
 
     def _save_checkpoint(self, state: dict[str, torch.Tensor], epoch: int, val: dict[str, float]) -> None:
         checkpoint = {"model": state, "epoch": epoch, "val": val,

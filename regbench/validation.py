@@ -113,6 +113,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "trainer.precision", PRECISIONS)
     _bool(cfg, "trainer.progress")
     _bool(cfg, "trainer.save_checkpoint")
+    _bool(cfg, "trainer.resume")
     _bool(cfg, "trainer.gradients.per_layer")
     _number(cfg, "trainer.gradients.vanishing_below", low=0)
     _number(cfg, "trainer.gradients.exploding_above", low=0, low_open=True)

@@ -1,0 +1,107 @@
+"""Check a whole command line before Hydra starts anything, so a typo in the 40th job of a grid is a
+one-line error now, not a traceback hours later.
+
+Every sweep value is composed (each override at its first value, then each other value of each sweep
+in turn: linear, not the full grid) and validated; Hydra's own composition errors are turned into one
+line that names the key, the bad value and what is allowed."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+from omegaconf import DictConfig
+
+from regbench.errors import ConfigError
+
+# Hydra's own flags (--cfg, --help, -cn, ...) are Hydra's business: a command line with them is not checked.
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="regbench.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        out.append(name)
+        if isinstance(value, DictConfig):
+            out.extend(_keys(value, f"{name}."))
+    return out
+
+
+def _explain(err: Exception, override: str | None, others: list[str]) -> ConfigError:
+    """One line for Hydra's composition errors."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(err, MissingConfigException) and err.options is not None:
+        group = (err.missing_cfg_file or "").split("/")[0] or (override or "").partition("=")[0]
+        shown = override or group
+        return ConfigError(f"{shown}: no such option; choose one of {', '.join(err.options)}")
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if override and text.startswith("Could not override"):
+        key = override.partition("=")[0].lstrip("+~")
+        try:
+            known = _keys(_compose(others))
+        except Exception:  # noqa: BLE001 - the suggestion is a courtesy
+            known = []
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        return ConfigError(f"{override}: there is no key {key!r} in the config{hint}; to add a new key write "
+                           f"+{override.lstrip('+')}")
+    return ConfigError(f"{override + ': ' if override else ''}{text}")
+
+
+def check_command_line(argv: Sequence[str]) -> int:
+    """Compose and validate every configuration the command line asks for; return how many were checked.
+    Raises ConfigError with one line on the first problem."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException, OverrideParseException
+
+    from regbench.validation import validate
+
+    args = [a for a in argv if a not in MULTIRUN_FLAGS]
+    if any(a.startswith("-") for a in args):
+        return 0
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except OverrideParseException as err:
+        raise ConfigError(f"cannot read the command line: {str(err).splitlines()[0]}") from None
+    choices: list[list[str]] = []
+    for override in parsed:
+        if override.key_or_group.startswith("hydra"):
+            continue  # Hydra checks its own settings
+        prefix = {"ADD": "+", "DEL": "~", "FORCE_ADD": "++"}.get(override.type.name, "")
+        key = f"{prefix}{override.get_key_element()}"
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else \
+            [override.get_value_element_as_str()]
+        choices.append([f"{key}={v}" if not (prefix == "~" and v == "null") else key for v in values])
+
+    base = [values[0] for values in choices]
+    variants = [(None, base)] + [(value, base[:i] + [value] + base[i + 1:])
+                                 for i, values in enumerate(choices) for value in values[1:]]
+    for changed, overrides in variants:
+        try:
+            cfg = _compose(overrides)
+        except HydraException as err:
+            culprit = changed or _find_culprit(overrides)
+            others = [o for o in overrides if o != culprit]
+            raise _explain(err, culprit, others) from None
+        validate(cfg)
+    return len(variants)
+
+
+def _find_culprit(overrides: list[str]) -> str | None:
+    """The first override that cannot be composed on its own (for the error message)."""
+    from hydra.errors import HydraException
+
+    for i, override in enumerate(overrides):
+        try:
+            _compose(overrides[: i + 1])
+        except HydraException:
+            return override
+    return None

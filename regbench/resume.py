@@ -1,0 +1,141 @@
+"""Skip and resume: a deterministic id per run, the last-epoch checkpoint that holds everything a run
+needs to continue exactly, and the index that finds a run's earlier attempt in any sweep directory.
+
+Hydra cannot resume a sweep, and its sweep directories are new for every invocation (they carry the
+time), so an earlier attempt is found through `<paths.output_dir>/.index/<run id>`, a one-line file
+with the directory of the latest attempt of that configuration; the run's own directory is looked at
+first (a sweep re-run into the same `hydra.sweep.dir`)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from regbench.errors import RegbenchError
+from regbench.results import CHECKPOINT_DIR, read_metrics, write_text_atomic
+
+# Keys that never change what a run computes: where files go and how progress is shown. Everything
+# else, the seed included, is part of the run's identity.
+COSMETIC_KEYS = ("trainer.progress", "trainer.threads", "trainer.save_checkpoint", "trainer.resume")
+COSMETIC_PREFIXES = ("hydra.", "paths.")
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+INDEX_DIR = ".index"
+FINAL_STATUSES = ("completed", "diverged")  # a re-run reuses these; anything else is resumed or redone
+CHECKPOINT_FORMAT = 1
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved configuration minus the cosmetic keys: what makes two runs the same run."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    for prefix in COSMETIC_PREFIXES:
+        container.pop(prefix.rstrip("."), None)
+    for key in COSMETIC_KEYS:
+        node = container
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return container
+
+
+def run_id(cfg: DictConfig) -> str:
+    text = json.dumps(identity(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# -- the index --------------------------------------------------------------------------------------
+def _index_file(cfg: DictConfig, rid: str) -> Path:
+    return Path(cfg.paths.output_dir) / INDEX_DIR / rid
+
+
+def remember(cfg: DictConfig, rid: str, run_dir: Path) -> None:
+    write_text_atomic(_index_file(cfg, rid), str(Path(run_dir).resolve()) + "\n")
+
+
+@dataclass
+class Earlier:
+    """An earlier attempt of the same run: finished (its record is reused) or resumable (a checkpoint)."""
+
+    run_dir: Path
+    record: dict[str, Any] | None
+    checkpoint: Path | None
+
+    @property
+    def finished(self) -> bool:
+        return self.record is not None and self.record.get("status") in FINAL_STATUSES
+
+
+def find_earlier(cfg: DictConfig, rid: str, run_dir: Path) -> Earlier | None:
+    """The run's own directory first, then the indexed one; None when neither holds this run."""
+    candidates = [Path(run_dir)]
+    index = _index_file(cfg, rid)
+    if index.is_file():
+        candidates.append(Path(index.read_text(encoding="utf-8").strip()))
+    for directory in candidates:
+        record = None
+        try:
+            record = read_metrics(directory)
+        except (OSError, json.JSONDecodeError):
+            pass
+        if record is not None and record.get("run_id") != rid:
+            continue  # a directory reused by another configuration
+        checkpoint = directory / CHECKPOINT_DIR / LAST_CHECKPOINT
+        earlier = Earlier(directory, record, checkpoint if checkpoint.is_file() else None)
+        if earlier.finished or earlier.checkpoint is not None:
+            return earlier
+    return None
+
+
+# -- random number generators ----------------------------------------------------------------------
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every RNG a run draws from, in types torch.load(weights_only=True) accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                     gauss),
+             "torch": torch.get_rng_state(), "data": generator.get_state(), "cuda": None}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["data"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+class CheckpointError(RegbenchError):
+    """A checkpoint that does not belong to this run, or cannot be read."""
+
+
+def load_checkpoint(path: Path, rid: str) -> dict[str, Any]:
+    """Read a last-epoch checkpoint safely (weights_only) and check it belongs to this configuration."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
+        raise CheckpointError(f"{path}: cannot be read as a regbench checkpoint ({type(err).__name__}: {err}); "
+                              "delete it or run with trainer.resume=false to start this run afresh") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a regbench last-epoch checkpoint (format {CHECKPOINT_FORMAT}); "
+                              "delete it or run with trainer.resume=false")
+    if state.get("run_id") != rid:
+        raise CheckpointError(f"{path} was written by another configuration (run id {state.get('run_id')}, this "
+                              f"run is {rid}); refusing to load it. Use another output directory, or "
+                              "trainer.resume=false to overwrite it")
+    return state
