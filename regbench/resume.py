@@ -21,10 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from regbench.errors import RegbenchError
 from regbench.results import CHECKPOINT_DIR, read_metrics, write_text_atomic
 
-# Keys that never change what a run computes: where files go and how progress is shown. Everything
-# else, the seed included, is part of the run's identity.
-COSMETIC_KEYS = ("trainer.progress", "trainer.threads", "trainer.save_checkpoint", "trainer.resume")
-COSMETIC_PREFIXES = ("hydra.", "paths.")
+# Keys that never change what a run computes: where outputs and caches go and how progress is shown.
+# Everything else, the seed and the data folder included, is part of the run's identity.
+COSMETIC_KEYS = ("paths.output_dir", "paths.cache_dir", "trainer.progress", "trainer.threads",
+                 "trainer.save_checkpoint", "trainer.resume")
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 INDEX_DIR = ".index"
@@ -36,8 +36,6 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     """The resolved configuration minus the cosmetic keys: what makes two runs the same run."""
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
-    for prefix in COSMETIC_PREFIXES:
-        container.pop(prefix.rstrip("."), None)
     for key in COSMETIC_KEYS:
         node = container
         *parents, leaf = key.split(".")

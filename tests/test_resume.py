@@ -1,0 +1,108 @@
+"""Resume and skip: run ids, exact resumption after an interruption, reuse of finished runs, refusal of
+a foreign checkpoint (in-process, real training on tiny data)."""
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from regbench import resume, runner
+from regbench.results import read_metrics
+
+EXTRA = ("regularizer=bn_dropout", "trainer.max_epochs=3", "augment=standard", "optimizer=adam")
+TIMES = ("train_time_s", "eval_time_s")
+
+
+@pytest.fixture
+def make_cfg(compose_cfg, tiny_data_dir, tmp_path):
+    def _make(*extra: str, outputs: str = "outputs"):
+        return compose_cfg(*tiny_overrides(tiny_data_dir, tmp_path / "cache", *EXTRA, *extra),
+                           f"paths.output_dir={tmp_path / outputs}")
+    return _make
+
+
+def test_run_id_ignores_cosmetic_keys_only(make_cfg, tmp_path):
+    base = resume.run_id(make_cfg())
+    assert resume.run_id(make_cfg("trainer.progress=true", "trainer.resume=false", "trainer.threads=1",
+                                  outputs="elsewhere")) == base
+    assert resume.run_id(make_cfg("seed=1")) != base
+    assert resume.run_id(make_cfg("optimizer.lr=0.002")) != base
+
+
+def _interrupt_during(epoch: int, monkeypatch):
+    """Deliver a 'signal' at the start of `epoch`, as the SIGTERM handler would."""
+    original = runner.Run._train_epoch
+
+    def train_epoch(self, loop, e):
+        if e == epoch:
+            self.stop_signal = 15
+        return original(self, loop, e)
+    monkeypatch.setattr(runner.Run, "_train_epoch", train_epoch)
+
+
+def _metrics_of(history: pd.DataFrame) -> pd.DataFrame:
+    return history.drop(columns=[c for c in history.columns if c in TIMES])
+
+
+def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(make_cfg, tmp_path, monkeypatch):
+    reference = runner.run(make_cfg(outputs="reference-outputs"), tmp_path / "reference")  # its own index
+
+    cfg = make_cfg("trainer.resume=true")
+    with monkeypatch.context() as patch:
+        _interrupt_during(3, patch)
+        with pytest.raises(runner.RunInterrupted):
+            runner.run(cfg, tmp_path / "first")
+    stopped = read_metrics(tmp_path / "first")
+    assert stopped["status"] == "interrupted" and "SIGTERM" in stopped["error"] and stopped["epochs_run"] == 2
+    checkpoint = torch.load(tmp_path / "first" / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2 and checkpoint["run_id"] == reference["run_id"]
+
+    # The same command again, into a new sweep directory: found through the index, resumed after epoch 2.
+    resumed = runner.run(cfg, tmp_path / "second")
+    assert resumed["status"] == "completed" and "after epoch 2" in resumed["resumed_from"]
+    for split in ("train", "val", "test"):
+        assert resumed[split] == reference[split]
+    assert resumed["best_epoch"] == reference["best_epoch"]
+    pd.testing.assert_frame_equal(_metrics_of(pd.read_csv(tmp_path / "second" / "history.csv")),
+                                  _metrics_of(pd.read_csv(tmp_path / "reference" / "history.csv")))
+    assert not (tmp_path / "second" / "checkpoints" / "last.pt").exists()  # a finished run frees it
+    assert (tmp_path / "second" / "checkpoints" / "best.pt").is_file()
+
+
+def test_a_finished_run_is_reused_and_resume_false_trains_again(make_cfg, tmp_path, monkeypatch):
+    first = runner.run(make_cfg(), tmp_path / "a")
+    calls = []
+    monkeypatch.setattr(runner.Run, "_train", lambda self: calls.append(1) or (_ for _ in ()).throw(AssertionError))
+    again = runner.run(make_cfg(), tmp_path / "b")
+    assert not calls and again["reused_from"] == str(tmp_path / "a") and again["test"] == first["test"]
+    assert read_metrics(tmp_path / "b")["test"] == first["test"]
+    assert (tmp_path / "b" / "history.csv").read_bytes() == (tmp_path / "a" / "history.csv").read_bytes()
+    in_place = runner.run(make_cfg(), tmp_path / "a")  # the same directory: nothing is rewritten
+    assert in_place["started_at"] == first["started_at"]
+    monkeypatch.undo()
+    fresh = runner.run(make_cfg("trainer.resume=false"), tmp_path / "c")
+    assert fresh["reused_from"] is None and fresh["resumed_from"] is None and fresh["test"] == first["test"]
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(make_cfg, tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        _interrupt_during(2, patch)
+        with pytest.raises(runner.RunInterrupted):
+            runner.run(make_cfg(), tmp_path / "a")
+    other = tmp_path / "b"
+    (other / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "a" / "checkpoints" / "last.pt", other / "checkpoints" / "last.pt")
+    with pytest.raises(resume.CheckpointError, match="written by another configuration"):
+        runner.run(make_cfg("seed=1"), other)
+    record = read_metrics(other)
+    assert record["status"] == "failed" and "another configuration" in record["error"]
+
+
+def test_a_corrupt_checkpoint_gets_a_message(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(resume.CheckpointError, match="cannot be read as a regbench checkpoint"):
+        resume.load_checkpoint(path, "abc")
