@@ -376,7 +376,8 @@ class Run:
     def _save_last(self, loop: _Loop, progress: _Progress) -> None:
         """Everything needed to continue exactly after this epoch, written atomically."""
         state = {"format": resume.CHECKPOINT_FORMAT, "run_id": self.record["run_id"], "epoch": progress.epoch,
-                 "stopped": progress.stopped, "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+                 "stopped": progress.stopped, "model": loop.model.state_dict(),
+                 "optimizer": loop.optimizer.state_dict(),
                  "scheduler": loop.scheduler.state_dict(), "scaler": None,  # bf16 autocast needs no loss scaler
                  "best_value": progress.best_value, "best_state": progress.best_state,
                  "bad_epochs": progress.bad_epochs, "rng": resume.rng_state(loop.generator),

@@ -40,6 +40,12 @@ def tar_folder(folder: Path, archive: Path) -> Path:
     return archive
 
 
+@pytest.fixture(autouse=True)
+def outputs_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run records and the run index of every test go under its tmp_path, never into the checkout."""
+    monkeypatch.setenv("REGBENCH_OUTPUT", str(tmp_path / "outputs"))
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny-cifar")
@@ -49,7 +55,8 @@ def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_overrides(data_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
     """Overrides that make a real run take about a second on a CPU."""
-    return [f"paths.data_dir={data_dir}", f"paths.cache_dir={cache_dir}", "model.width=0.0625",
+    return [f"paths.data_dir={data_dir}", f"paths.cache_dir={cache_dir}",
+            f"paths.output_dir={cache_dir.parent / 'outputs'}", "model.width=0.0625",
             "data.val_size=20", "data.train_eval_size=20", "trainer.max_epochs=1", "trainer.batch_size=16",
             "trainer.eval_batch_size=32", "trainer.progress=false", "trainer.device=cpu", *extra]
 

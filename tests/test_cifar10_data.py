@@ -138,3 +138,40 @@ def test_color_jitter_and_rotation_keep_shape_and_range():
     rotated = image_augment.random_rotation(x, 15.0, torch.Generator().manual_seed(0))
     assert rotated.shape == x.shape and not torch.allclose(rotated, x)
     assert torch.allclose(image_augment.random_rotation(x, 0.0, torch.Generator().manual_seed(0)), x, atol=1e-5)
+
+
+@pytest.mark.parametrize("evil", ["../escape.png", "/etc/cifar.png", "link"])
+def test_a_tar_with_a_member_that_escapes_or_links_out_is_refused(tiny_data_dir, tmp_path, evil):
+    import io
+    import tarfile
+
+    archive = tar_folder(tiny_data_dir / "cifar10-jpeg", tmp_path / "cifar10-jpeg.tar")
+    with tarfile.open(archive, "a") as tar:
+        info = tarfile.TarInfo(evil)
+        if evil == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+        else:
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"bad"))
+    with pytest.raises(DataError, match=f"member '{evil}' is .*refusing the archive"):
+        cifar10.load(tmp_path, tmp_path / "cache", source="imagefolder", download=False)
+    assert not (tmp_path / "escape.png").exists()
+
+
+def test_torchvision_extraction_runs_under_the_data_filter(tmp_path):
+    import io
+    import tarfile
+
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/../../escaped.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    target = tmp_path / "deep" / "root"
+    target.mkdir(parents=True)
+    with cifar10.safe_tar_extraction(), tarfile.open(archive) as tar:  # what torchvision's extractall meets
+        with pytest.raises(tarfile.FilterError):
+            tar.extractall(target)
+    assert not (tmp_path / "deep" / "escaped.txt").exists()
+    assert tarfile.TarFile.extraction_filter is None  # restored afterwards

@@ -245,3 +245,32 @@ def test_real_ml100k_mf_beats_popularity(compose_cfg, tmp_path):
     assert pop["data"]["train_interactions"] + pop["data"]["valid_interactions"] + pop["data"]["test_interactions"] \
         == 100_000
     assert mf["test"]["ndcg@10"] > pop["test"]["ndcg@10"] + 0.03
+
+
+def test_a_malformed_ratings_line_is_named_with_its_file_and_line(tmp_path):
+    good = make_ml100k_zip(tmp_path / "good.zip")
+    with zipfile.ZipFile(good) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    lines = members["ml-100k/u.data"].decode().splitlines()
+    lines[6] = "7\t12\tfive\t881250949"  # a damaged line
+    for name, data in (("damaged", "\n".join(lines) + "\n"), ("truncated", "\n".join(lines[:3]) + "\n8\t1")):
+        folder = tmp_path / name
+        folder.mkdir()
+        with zipfile.ZipFile(folder / "ml-100k.zip", "w") as z:
+            for member, content in members.items():
+                z.writestr(member, data if member.endswith("u.data") else content)
+        expected = r"u.data, line 7: .* is not four numbers" if name == "damaged" else r"u.data, line 4: "
+        with pytest.raises(DataError, match=expected):
+            movielens.load("ml-100k", folder / "ml-100k.zip")
+
+
+def test_a_zip_whose_sha256_differs_is_refused_with_both_hashes(compose_cfg, ml_dir, tmp_path):
+    from regbench.data.files import sha256_of
+
+    actual = sha256_of(ml_dir / "ml-100k.zip")
+    record, _ = run_rec(compose_cfg, tmp_path, *rec_overrides(ml_dir, tmp_path, "model=popularity",
+                                                              f"data.sha256={actual}"))
+    assert record["data"]["sha256"] == actual
+    cfg = compose_cfg(*rec_overrides(ml_dir, tmp_path, "model=popularity", "data.sha256=" + "0" * 64))
+    with pytest.raises(DataError, match=f"has sha256 {actual}, but {'0' * 64} was expected"):
+        runner.run(cfg, tmp_path / "refused")

@@ -135,3 +135,24 @@ def test_a_bad_command_line_is_one_line_and_exit_code_2(args, message, tmp_path,
     assert result.stderr.strip() == f"regbench: error: {result.stderr.strip()[len('regbench: error: '):]}"
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists()  # nothing started, nothing written
+
+
+def _rebuild(sweep: str) -> None:
+    from regbench.results import update_sweep_results
+
+    update_sweep_results(Path(sweep))
+
+
+def test_results_csv_keeps_every_row_when_jobs_finish_at_the_same_moment(tmp_path):
+    import multiprocessing
+
+    from regbench.results import write_json_atomic
+
+    for job in range(12):
+        write_json_atomic(tmp_path / str(job) / "metrics.json", {"status": "completed", "task": "cifar10", "seed": job,
+                                                                "overrides": {"seed": str(job)}})
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(6) as pool:
+        pool.map(_rebuild, [str(tmp_path)] * 24)
+    assert sorted(pd.read_csv(tmp_path / "results.csv")["seed"]) == list(range(12))
+    no_half_written_files(tmp_path)

@@ -19,8 +19,9 @@ TIMES = ("train_time_s", "eval_time_s")
 @pytest.fixture
 def make_cfg(compose_cfg, tiny_data_dir, tmp_path):
     def _make(*extra: str, outputs: str = "outputs"):
-        return compose_cfg(*tiny_overrides(tiny_data_dir, tmp_path / "cache", *EXTRA, *extra),
-                           f"paths.output_dir={tmp_path / outputs}")
+        overrides = [o for o in tiny_overrides(tiny_data_dir, tmp_path / "cache", *EXTRA, *extra)
+                     if not o.startswith("paths.output_dir=")]
+        return compose_cfg(*overrides, f"paths.output_dir={tmp_path / outputs}")
     return _make
 
 

@@ -13,13 +13,14 @@ import logging
 import os
 import tarfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from regbench.data.files import writable_cache_dir, write_atomic
+from regbench.data.files import unsafe_member, writable_cache_dir, write_atomic
 from regbench.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,18 @@ def _load_uncached(data_dir: Path, source: str, download: bool) -> Cifar10Arrays
     raise DataError(accepted_files_message(dirs))
 
 
+@contextmanager
+def safe_tar_extraction() -> Iterator[None]:
+    """torchvision extracts cifar-10-python.tar.gz with a plain extractall(); Python's "data" filter
+    (PEP 706) makes it refuse members that are absolute, contain '..' or link out of the folder."""
+    previous = tarfile.TarFile.extraction_filter
+    tarfile.TarFile.extraction_filter = staticmethod(tarfile.data_filter)
+    try:
+        yield
+    finally:
+        tarfile.TarFile.extraction_filter = previous
+
+
 def _from_torchvision(root: Path, download: bool) -> Cifar10Arrays:
     from torchvision.datasets import CIFAR10
 
@@ -96,8 +109,11 @@ def _from_torchvision(root: Path, download: bool) -> Cifar10Arrays:
     try:
         # With the archive present, download=True only verifies its md5 and extracts: no network.
         has_archive = (root / TORCHVISION_ARCHIVE).is_file()
-        train = CIFAR10(str(root), train=True, download=download or has_archive)
+        with safe_tar_extraction():
+            train = CIFAR10(str(root), train=True, download=download or has_archive)
         test = CIFAR10(str(root), train=False, download=False)
+    except tarfile.FilterError as err:
+        raise DataError(f"{root / TORCHVISION_ARCHIVE}: refusing to extract it: {err}") from None
     except (OSError, RuntimeError) as err:
         raise DataError(f"{accepted_files_message(search_dirs(root))} (torchvision said: {err})") from None
     return Cifar10Arrays(np.asarray(train.data, dtype=np.uint8), np.asarray(train.targets, dtype=np.int64),
@@ -169,6 +185,10 @@ def _from_image_tar(archive: Path) -> Cifar10Arrays:
         try:
             with tarfile.open(archive, "r:*") as tar:
                 for member in tar:
+                    why = unsafe_member(member.name, member.issym() or member.islnk())
+                    if why:
+                        raise DataError(f"{archive}: member {member.name!r} is {why}; refusing the archive "
+                                        "(a CIFAR-10 image folder holds only train/<class>/ and test/<class>/ files)")
                     if member.isfile():
                         fh = tar.extractfile(member)
                         yield tuple(Path(member.name).parts), fh.read()

@@ -16,6 +16,39 @@ _UMASK = os.umask(0)  # read the process umask once (the only way to read it is 
 os.umask(_UMASK)      # ... and put it back at once
 
 
+def sha256_of(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str | None) -> str:
+    """sha256 of the file at `path`; raises DataError naming both hashes when `expected` is set and differs."""
+    from regbench.errors import DataError
+
+    actual = sha256_of(path)
+    if expected and actual.lower() != expected.lower():
+        raise DataError(f"{path} has sha256 {actual}, but {expected} was expected (data.sha256): the file is "
+                        "damaged or a different version; re-download it, or fix data.sha256")
+    return actual
+
+
+def unsafe_member(name: str, is_link: bool) -> str | None:
+    """Why an archive member must not be used (absolute path, '..', or a link), or None when it is safe."""
+    parts = Path(name).parts
+    if Path(name).is_absolute() or name.startswith(("/", "\\")):
+        return "an absolute path"
+    if ".." in parts:
+        return "a path that leaves the archive's folder ('..')"
+    if is_link:
+        return "a link"
+    return None
+
+
 def write_atomic(target: Path, write: Callable[[BinaryIO], None]) -> None:
     """Call write(fh) on a temporary sibling of `target`, flush and fsync it, then rename it over
     `target` (and fsync the folder): a crash at any instant leaves either the old or the new file."""

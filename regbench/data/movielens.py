@@ -12,6 +12,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,6 +67,13 @@ class _Files:
         except UnicodeDecodeError as err:
             raise DataError(f"{self.path}: {name} is not {encoding} text ({err})") from None
 
+    def table(self, name: str, encoding: str, **read_csv: Any) -> pd.DataFrame:
+        """pandas.read_csv of one member; a malformed file is a DataError naming the file and pandas' line."""
+        try:
+            return pd.read_csv(self.text(name, encoding), **read_csv)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
+            raise DataError(f"{self.path}: {name} is malformed ({str(err).strip()}); re-download it") from None
+
 
 def locate(name: str, dirs: list[Path], allow_download: bool) -> Path:
     """The zip or extracted folder of `name` in the first of `dirs` that holds one, else a download."""
@@ -90,23 +98,40 @@ def locate(name: str, dirs: list[Path], allow_download: bool) -> Path:
 def load(name: str, path: Path) -> MovieLens:
     files = _Files(path)
     if name == "ml-100k":
-        return _ml100k(files)
-    if name == "ml-1m":
-        return _ml1m(files)
-    if name == "ml-10m":
+        data = _ml100k(files)
+    elif name == "ml-1m":
+        data = _ml1m(files)
+    elif name == "ml-10m":
         ratings = _ratings_dat(files, "utf-8")
-        movies = pd.read_csv(files.text("movies.dat", "utf-8"), sep="::", engine="python", header=None,
+        movies = files.table("movies.dat", "utf-8", sep="::", engine="python", header=None,
                              names=["item", "title", "genres"])
-        return MovieLens(name, ratings, _items_from_titles(movies), None, str(path))
-    ratings = pd.read_csv(files.text("ratings.csv", "utf-8"))
-    ratings.columns = ["user", "item", "rating", "timestamp"]
-    movies = pd.read_csv(files.text("movies.csv", "utf-8"))
-    movies.columns = ["item", "title", "genres"]
-    return MovieLens(name, ratings, _items_from_titles(movies), None, str(path))
+        data = MovieLens(name, ratings, _items_from_titles(movies), None, str(path))
+    else:
+        ratings = files.table("ratings.csv", "utf-8")
+        ratings.columns = ["user", "item", "rating", "timestamp"][: len(ratings.columns)]
+        movies = files.table("movies.csv", "utf-8")
+        movies.columns = ["item", "title", "genres"][: len(movies.columns)]
+        data = MovieLens(name, ratings, _items_from_titles(movies), None, str(path))
+    ratings_file = {"ml-100k": "u.data", "ml-1m": "ratings.dat", "ml-10m": "ratings.dat"}.get(name, "ratings.csv")
+    _check_numbers(data.ratings, f"{path}: {ratings_file}", header_lines=int(ratings_file.endswith(".csv")))
+    return data
+
+
+def _check_numbers(ratings: pd.DataFrame, where: str, header_lines: int) -> None:
+    """A truncated or malformed ratings file fails here, with the first bad line named."""
+    columns = ["user", "item", "rating", "timestamp"]
+    if list(ratings.columns) != columns:
+        raise DataError(f"{where}: expected the 4 columns user, item, rating, timestamp, found {len(ratings.columns)}")
+    numeric = ratings[columns].apply(pd.to_numeric, errors="coerce")
+    bad = numeric.isna().any(axis=1).to_numpy()
+    if bad.any():
+        row = int(bad.argmax())
+        raise DataError(f"{where}, line {row + 1 + header_lines}: {ratings.iloc[row].tolist()} is not four numbers "
+                        "(user, item, rating, timestamp); the file is damaged or truncated: re-download it")
 
 
 def _ratings_dat(files: _Files, encoding: str) -> pd.DataFrame:
-    return pd.read_csv(files.text("ratings.dat", encoding), sep="::", engine="python", header=None,
+    return files.table("ratings.dat", encoding, sep="::", engine="python", header=None,
                        names=["user", "item", "rating", "timestamp"])
 
 
@@ -118,12 +143,11 @@ def _items_from_titles(movies: pd.DataFrame) -> pd.DataFrame:
 
 
 def _ml100k(files: _Files) -> MovieLens:
-    ratings = pd.read_csv(files.text("u.data", "latin-1"), sep="\t", header=None,
-                          names=["user", "item", "rating", "timestamp"])
-    users = pd.read_csv(files.text("u.user", "latin-1"), sep="|", header=None,
+    ratings = files.table("u.data", "latin-1", sep="\t", header=None, names=["user", "item", "rating", "timestamp"])
+    users = files.table("u.user", "latin-1", sep="|", header=None,
                         names=["user", "age", "gender", "occupation", "zip"]).drop(columns="zip")
     cols = ["item", "title", "release", "video_release", "url", *ML100K_GENRES]
-    raw = pd.read_csv(files.text("u.item", "latin-1"), sep="|", header=None, names=cols)
+    raw = files.table("u.item", "latin-1", sep="|", header=None, names=cols)
     years = pd.to_datetime(raw["release"], format="%d-%b-%Y", errors="coerce").dt.year.fillna(0).astype(int)
     flags = raw[list(ML100K_GENRES)].to_numpy(dtype=bool)
     genres = [[g for g, on in zip(ML100K_GENRES, row) if on and g != "unknown"] for row in flags]
@@ -133,9 +157,9 @@ def _ml100k(files: _Files) -> MovieLens:
 
 def _ml1m(files: _Files) -> MovieLens:
     ratings = _ratings_dat(files, "latin-1")
-    users = pd.read_csv(files.text("users.dat", "latin-1"), sep="::", engine="python", header=None,
+    users = files.table("users.dat", "latin-1", sep="::", engine="python", header=None,
                         names=["user", "gender", "age", "occupation", "zip"]).drop(columns="zip")
-    movies = pd.read_csv(files.text("movies.dat", "latin-1"), sep="::", engine="python", header=None,
+    movies = files.table("movies.dat", "latin-1", sep="::", engine="python", header=None,
                          names=["item", "title", "genres"])
     return MovieLens("ml-1m", ratings, _items_from_titles(movies), users[["user", "age", "gender", "occupation"]],
                      str(files.path))

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from regbench import ranking, validation
 from regbench.data import interactions, movielens
+from regbench.data.files import verify_sha256
 from regbench.errors import ConfigError
 from regbench.models import MODELS
 from regbench.models.two_tower import TowerInputs
@@ -43,6 +44,10 @@ class MovieLensTask(Task):
         validation.choice(cfg, "data.name", movielens.DATASETS)
         validation.choice(cfg, "data.split", ("random", "leave_last_out"))
         validation.boolean(cfg, "data.download")
+        sha = d.get("sha256")
+        if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdefABCDEF"
+                                                                                   for c in sha)):
+            raise ConfigError(f"data.sha256={sha!r} is invalid: it must be 64 hexadecimal digits or null")
         validation.number(cfg, "data.min_rating", allow_none=True)
         validation.number(cfg, "data.max_users", low=1, integer=True, allow_none=True)
         validation.number(cfg, "data.min_user_interactions", low=0, integer=True)
@@ -69,6 +74,8 @@ class MovieLensTask(Task):
         dirs = [Path(d.dir).expanduser()] if d.get("dir") else \
             [Path(cfg.paths.data_dir) / "movielens", Path(cfg.paths.data_dir)]
         self.source = movielens.locate(d.name, dirs, d.download)
+        # the zip's hash goes into the record; with data.sha256 set, a different file is refused
+        self.sha256 = verify_sha256(self.source, d.get("sha256")) if self.source.is_file() else None
         self.dataset = movielens.load(d.name, self.source)
         ratings = self.dataset.ratings
         if d.max_users:
@@ -258,6 +265,7 @@ class MovieLensTask(Task):
         write_csv_atomic(run_dir / "test_topk.csv", table)
 
     def data_summary(self) -> dict[str, Any]:
-        return {"name": self.dataset.name, "source": str(self.source), "split": self.cfg.data.split,
+        return {"name": self.dataset.name, "source": str(self.source), "sha256": self.sha256,
+                "split": self.cfg.data.split,
                 "ratios": list(self.cfg.data.ratios), **self.split.counts,
                 "user_features": self.dataset.users is not None}
