@@ -24,7 +24,7 @@ from regbench.results import CHECKPOINT_DIR, read_metrics, write_text_atomic
 # Keys that never change what a run computes: where outputs and caches go and how progress is shown.
 # Everything else, the seed and the data folder included, is part of the run's identity.
 COSMETIC_KEYS = ("paths.output_dir", "paths.cache_dir", "trainer.progress", "trainer.threads",
-                 "trainer.save_checkpoint", "trainer.resume")
+                 "trainer.save_checkpoint", "trainer.resume", "trainer.checkpoint_every")
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 INDEX_DIR = ".index"

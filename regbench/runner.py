@@ -363,7 +363,9 @@ class Run:
             else:
                 bad_epochs += 1
             stop = bool(tcfg.early_stopping.patience and bad_epochs >= tcfg.early_stopping.patience)
-            self._save_last(loop, _Progress(best_value, best_state, bad_epochs, epoch, stop))
+            every = tcfg.checkpoint_every
+            if every and (epoch % every == 0 or stop):
+                self._save_last(loop, _Progress(best_value, best_state, bad_epochs, epoch, stop))
             if stop:
                 log.info("early stopping: no better val %s for %d epochs", metric, bad_epochs)
                 break

@@ -114,6 +114,7 @@ def validate(cfg: DictConfig) -> None:
     _bool(cfg, "trainer.progress")
     _bool(cfg, "trainer.save_checkpoint")
     _bool(cfg, "trainer.resume")
+    _number(cfg, "trainer.checkpoint_every", low=0, integer=True)
     _bool(cfg, "trainer.gradients.per_layer")
     _number(cfg, "trainer.gradients.vanishing_below", low=0)
     _number(cfg, "trainer.gradients.exploding_above", low=0, low_open=True)

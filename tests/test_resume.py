@@ -107,3 +107,15 @@ def test_a_corrupt_checkpoint_gets_a_message(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(resume.CheckpointError, match="cannot be read as a regbench checkpoint"):
         resume.load_checkpoint(path, "abc")
+
+
+def test_checkpoint_every_spaces_out_last_pt(make_cfg, tmp_path, monkeypatch):
+    saved = []
+    original = runner.Run._save_last
+    monkeypatch.setattr(runner.Run, "_save_last", lambda self, loop, progress: saved.append(progress.epoch) or
+                        original(self, loop, progress))
+    runner.run(make_cfg("trainer.checkpoint_every=2", "trainer.max_epochs=5"), tmp_path / "a")
+    assert saved == [2, 4]
+    saved.clear()
+    runner.run(make_cfg("trainer.checkpoint_every=0", "trainer.max_epochs=2", "seed=3"), tmp_path / "b")
+    assert saved == []
