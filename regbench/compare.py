@@ -16,14 +16,16 @@ import pandas as pd
 from scipy import stats
 
 from regbench.errors import RegbenchError
-from regbench.results import METRICS_FILE, RESULTS_FILE, run_row, sweep_rows, write_csv_atomic, write_text_atomic
+from regbench.results import (COSMETIC_KEYS, METRICS_FILE, RESULTS_FILE, run_row, sweep_rows, write_csv_atomic,
+                              write_text_atomic)
 
 # Always part of a group; other overridden keys join when their value varies across the runs.
 BASE_KEYS = ("task", "model", "regularizer", "optimizer")
-# Overrides that never make runs different experiments: the seed is what we aggregate over; the rest
-# only say where files go or how the run is displayed.
-COSMETIC_KEYS = ("seed", "trainer.progress", "trainer.threads", "trainer.save_checkpoint")
-COSMETIC_PREFIXES = ("hydra.", "paths.")
+# Overrides that never make runs different experiments: the seed is what we aggregate over, the rest
+# only say where files go or how a run is shown and saved; paths.* also covers the data folder, which
+# differs between machines that ran the same experiment.
+NOT_GROUPED = ("seed", *COSMETIC_KEYS)
+NOT_GROUPED_PREFIXES = ("hydra.", "paths.")
 STATUSES = ("completed", "diverged", "failed", "interrupted", "running")
 DEFAULT_BASELINE = "regularizer=none"
 CONFIDENCE = 0.95
@@ -111,7 +113,7 @@ def group_keys(runs: pd.DataFrame, by: Sequence[str] | None = None) -> list[str]
         return list(by)
     keys = [k for k in BASE_KEYS if k in runs.columns]
     for key in overridden_keys(runs):
-        if key in keys or key in COSMETIC_KEYS or key.startswith(COSMETIC_PREFIXES) or key not in runs.columns:
+        if key in keys or key in NOT_GROUPED or key.startswith(NOT_GROUPED_PREFIXES) or key not in runs.columns:
             continue
         if runs[key].map(_canonical).nunique() > 1:
             keys.append(key)

@@ -14,10 +14,20 @@ import torch
 from torch import Tensor, nn
 
 
+# history.csv column prefixes of the per-layer statistics; compare's gradient-flow plot reads them.
+LAYER_MEAN_PREFIX = "grad_layer_mean."
+LAYER_MAX_PREFIX = "grad_layer_max."
+
+
 @dataclass(frozen=True)
 class Thresholds:
     vanishing_below: float  # a layer whose mean gradient norm over an epoch is below this is vanishing
     exploding_above: float  # a step whose global gradient norm is above this (or not finite) is exploding
+
+
+def _layer_of(parameter_name: str) -> str:
+    """The module that owns a parameter: "features.0.weight" -> "features.0"."""
+    return parameter_name.rsplit(".", 1)[0] if "." in parameter_name else parameter_name
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -26,7 +36,7 @@ def layer_names(model: nn.Module) -> list[str]:
     an LSTM's gate matrices."""
     names: list[str] = []
     for name, param in model.named_parameters():
-        layer = name.rsplit(".", 1)[0] if "." in name else name
+        layer = _layer_of(name)
         if param.requires_grad and layer not in names:
             names.append(layer)
     return names
@@ -43,8 +53,7 @@ class GradientMonitor:
         self.device = device
         if per_layer:
             index = {layer: i for i, layer in enumerate(self.layers)}
-            owners = [index[name.rsplit(".", 1)[0] if "." in name else name]
-                      for name, p in model.named_parameters() if p.requires_grad]
+            owners = [index[_layer_of(name)] for name, p in model.named_parameters() if p.requires_grad]
             self._owner = torch.tensor(owners, device=device)
         self.start_epoch(0)
 
@@ -99,8 +108,3 @@ class GradientMonitor:
                 host[f"{LAYER_MEAN_PREFIX}{layer}"] = mean
                 host[f"{LAYER_MAX_PREFIX}{layer}"] = peak
         return host
-
-
-# history.csv column prefixes of the per-layer statistics; compare's gradient-flow plot reads them.
-LAYER_MEAN_PREFIX = "grad_layer_mean."
-LAYER_MAX_PREFIX = "grad_layer_max."

@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
+from regbench.compare import BASE_KEYS
 from regbench.gradients import LAYER_MEAN_PREFIX
 from regbench.results import HISTORY_FILE
 
@@ -39,9 +40,6 @@ def _tasks(summary: pd.DataFrame) -> list[str]:
 
 def _task_rows(frame: pd.DataFrame, task: str) -> pd.DataFrame:
     return frame[frame["task"] == task] if "task" in frame else frame
-
-
-BASE_KEYS = ("task", "model", "regularizer", "optimizer")
 
 
 def group_labels(summary: pd.DataFrame, keys: list[str]) -> dict[tuple, str]:

@@ -69,8 +69,7 @@ def _config_snippets(runs: pd.DataFrame) -> list[tuple[str, str]]:
 
 def _image(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    stem = path.stem.split("_gradient_flow")[0]
-    caption = CAPTIONS.get("gradient_flow" if stem.startswith("gradient_flow") else stem, "")
+    caption = CAPTIONS.get("gradient_flow" if path.stem.startswith("gradient_flow_") else path.stem, "")
     return (f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
             f'<figcaption class="note">{html.escape(caption)}</figcaption></figure>')
 

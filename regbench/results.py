@@ -21,6 +21,13 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 RESULTS_FILE = "results.csv"
 CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT = "best.pt"   # the best-validation weights
+LAST_CHECKPOINT = "last.pt"   # everything an unfinished run needs to continue (resume.py)
+
+# Config keys that never change what a run computes: where outputs and caches go, how progress is
+# shown, how often state is saved. A run's id leaves them out (resume.py) and compare never groups by them.
+COSMETIC_KEYS = ("paths.output_dir", "paths.cache_dir", "trainer.progress", "trainer.threads",
+                 "trainer.save_checkpoint", "trainer.resume", "trainer.checkpoint_every")
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -19,21 +19,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from regbench.errors import RegbenchError
-from regbench.results import CHECKPOINT_DIR, read_metrics, write_text_atomic
+from regbench.results import CHECKPOINT_DIR, COSMETIC_KEYS, LAST_CHECKPOINT, read_metrics, write_text_atomic
 
-# Keys that never change what a run computes: where outputs and caches go and how progress is shown.
-# Everything else, the seed and the data folder included, is part of the run's identity.
-COSMETIC_KEYS = ("paths.output_dir", "paths.cache_dir", "trainer.progress", "trainer.threads",
-                 "trainer.save_checkpoint", "trainer.resume", "trainer.checkpoint_every")
-LAST_CHECKPOINT = "last.pt"
-BEST_CHECKPOINT = "best.pt"
 INDEX_DIR = ".index"
 FINAL_STATUSES = ("completed", "diverged")  # a re-run reuses these; anything else is resumed or redone
 CHECKPOINT_FORMAT = 1
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved configuration minus the cosmetic keys: what makes two runs the same run."""
+    """The resolved configuration minus the cosmetic keys (the seed and the data folder stay): what makes
+    two runs the same run."""
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
     for key in COSMETIC_KEYS:

@@ -28,8 +28,8 @@ from regbench.data.files import write_atomic
 from regbench.gradients import GradientMonitor, Thresholds
 from regbench.optim import DecoupledWeightDecay, build_optimizer, build_scheduler
 from regbench.regularizers import clip_gradients
-from regbench.results import (CHECKPOINT_DIR, HISTORY_FILE, METRICS_FILE, flatten, write_csv_atomic,
-                              write_json_atomic)
+from regbench.results import (BEST_CHECKPOINT, CHECKPOINT_DIR, HISTORY_FILE, LAST_CHECKPOINT, METRICS_FILE, flatten,
+                              write_csv_atomic, write_json_atomic)
 from regbench.seeding import seed_everything
 from regbench.tasks import TASKS
 from regbench.tasks.base import Task
@@ -106,7 +106,7 @@ class RunInterrupted(Exception):
     def __init__(self, signum: int | None, epoch: int, run_dir: Path) -> None:
         name = signal.Signals(signum).name if signum else "a signal"
         super().__init__(f"stopped by {name} during epoch {epoch}; run the same command again to resume from "
-                         f"{run_dir / CHECKPOINT_DIR / resume.LAST_CHECKPOINT} (if an epoch had finished)")
+                         f"{run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT} (if an epoch had finished)")
         self.signum = signum or signal.SIGTERM
 
 
@@ -225,7 +225,7 @@ class Run:
             self._write_history()
         self._write_record()
         if self.record["status"] in resume.FINAL_STATUSES:  # never resumed again: free the disk
-            (self.run_dir / CHECKPOINT_DIR / resume.LAST_CHECKPOINT).unlink(missing_ok=True)
+            (self.run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).unlink(missing_ok=True)
 
     def _train(self) -> None:
         cfg, tcfg = self.cfg, self.cfg.trainer
@@ -265,7 +265,7 @@ class Run:
             self.record["gap"] = self.record["train"][metric] - self.record["test"][metric]
             task.write_outputs(self.run_dir)
             self._measure_latency(task, model, device, autocast)
-        checkpoint = self.run_dir / CHECKPOINT_DIR / "best.pt"
+        checkpoint = self.run_dir / CHECKPOINT_DIR / BEST_CHECKPOINT
         if checkpoint.exists():
             self.record["checkpoint_bytes"] = checkpoint.stat().st_size
         self._summarise_gradients()
@@ -385,7 +385,7 @@ class Run:
                  "bad_epochs": progress.bad_epochs, "rng": resume.rng_state(loop.generator),
                  "history": self.history, "record": {k: self.record[k] for k in self._CARRIED},
                  "config": OmegaConf.to_container(self.cfg, resolve=True)}
-        write_atomic(self.run_dir / CHECKPOINT_DIR / resume.LAST_CHECKPOINT, lambda fh: torch.save(state, fh))
+        write_atomic(self.run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, lambda fh: torch.save(state, fh))
 
     def _resume_from(self, path: Path, loop: _Loop) -> _Progress:
         state = resume.load_checkpoint(path, self.record["run_id"])
@@ -455,7 +455,7 @@ class Run:
     def _save_checkpoint(self, state: dict[str, torch.Tensor], epoch: int, val: dict[str, float]) -> None:
         checkpoint = {"model": state, "epoch": epoch, "val": val,
                       "config": OmegaConf.to_container(self.cfg, resolve=True)}
-        write_atomic(self.run_dir / CHECKPOINT_DIR / "best.pt", lambda fh: torch.save(checkpoint, fh))
+        write_atomic(self.run_dir / CHECKPOINT_DIR / BEST_CHECKPOINT, lambda fh: torch.save(checkpoint, fh))
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: dict[str, str] | None = None) -> dict[str, Any]:
