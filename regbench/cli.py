@@ -36,6 +36,7 @@ def _overrides() -> dict[str, str]:
 @hydra.main(version_base="1.3", config_path="pkg://regbench.conf", config_name="config")
 def train(cfg: DictConfig) -> float | None:
     from regbench import runner
+    from regbench.launchers import job_threads
     from regbench.results import METRICS_FILE
 
     from hydra.types import RunMode
@@ -43,10 +44,15 @@ def train(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        record = runner.run(cfg, run_dir, _overrides())
+        launcher = HydraConfig.get().launcher if in_sweep else None
+        threads = job_threads(cfg.trainer.threads, launcher, os.environ)
+        record = runner.run(cfg, run_dir, _overrides(), threads)
     except runner.RunInterrupted as err:
-        # Ctrl-C or SIGTERM (pre-emption) ends the whole invocation; the record says `interrupted`.
+        # Ctrl-C or SIGTERM ends the whole invocation; the record says `interrupted`. Under submitit,
+        # SIGUSR2 (time limit, pre-emption) goes on to submitit, which requeues the job and exits.
         log.error("regbench: %s", err)
+        if err.handoff is not None:
+            err.handoff(err.signum, None)
         sys.exit(128 + int(err.signum))
     except Exception as err:  # noqa: BLE001 - the record (status failed, traceback) is already on disk
         # One line the user can act on; nothing already written is removed. In a sweep the other runs go on.
@@ -61,7 +67,19 @@ def train(cfg: DictConfig) -> float | None:
     metric = record["primary_metric"]
     log.info("%s: test %s %s (best epoch %s of %s); record in %s", record["status"], metric,
              record["test"].get(metric), record["best_epoch"], record["epochs_run"], run_dir / METRICS_FILE)
-    return record["test"].get(metric)
+    return tuning_score(record)
+
+
+def tuning_score(record: dict) -> float | None:
+    """What a sweeper (hydra/sweeper=tune) maximises: the primary metric on the validation split at the
+    best epoch, negated where lower is better. Never the test split. A diverged run scores NaN, which
+    Optuna records as a failed trial."""
+    if record.get("status") == "diverged":
+        return float("nan")
+    value = record.get("val", {}).get(record.get("primary_metric"))
+    if value is None:
+        return None
+    return float(value) if record.get("higher_is_better", True) else -float(value)
 
 
 SUBCOMMANDS = ("compare", "report")
@@ -148,10 +166,70 @@ def main() -> None:
 
     try:  # every configuration of the command line, before anything starts
         check_command_line(sys.argv[1:])
+        _prepare_rank(sys.argv)
+        _prepare_tuning(sys.argv)
     except RegbenchError as err:
         print(f"regbench: error: {err}", file=sys.stderr)
         sys.exit(2)
     train()
+
+
+def _prepare_tuning(argv: list[str]) -> None:
+    """An Optuna search (hydra/sweeper=tune) with SQLite storage continues an existing study: stale
+    trials are queued again and n_trials becomes what is left of the budget (regbench.tuning)."""
+    if not any(a.startswith("hydra/sweeper=") for a in argv[1:]):
+        return
+    from hydra import compose, initialize_config_module
+
+    from regbench import tuning
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in argv[1:] if a not in ("-m", "--multirun")]
+    parsed = OverridesParser.create().parse_overrides(args)
+    # The searched keys do not name the study (hydra.sweeper.study_name); compose without them.
+    overrides = [a for a, o in zip(args, parsed) if not o.is_sweep_override()]
+    with initialize_config_module(config_module="regbench.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    if not tuning.uses_optuna(cfg):
+        return
+    storage = str(cfg.hydra.sweeper.get("storage") or "")
+    if storage.startswith("sqlite:///"):  # SQLite does not create the folder the database goes in
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    budget = tuning.prepare_study(cfg)
+    if budget is None:
+        return
+    if budget.remaining == 0:
+        print(f"regbench: study {budget.study_name} already has {budget.finished} finished trials, its whole "
+              f"budget; raise hydra.sweeper.n_trials to run more")
+        sys.exit(0)
+    log.info("study %s: %d trials finished, %d to go", budget.study_name, budget.finished, budget.remaining)
+    argv.append(f"hydra.sweeper.n_trials={budget.remaining}")
+    seed = cfg.hydra.sweeper.get("sampler", {}).get("seed")
+    if seed is not None:  # a seeded sampler started afresh would propose the first points again
+        argv.append(f"hydra.sweeper.sampler.seed={int(seed) + budget.trials}")
+
+
+def _prepare_rank(argv: list[str]) -> None:
+    """Under torchrun every process runs this command; rank 0 owns the run directory and its log, the
+    other ranks get a throw-away Hydra directory and no log file."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from regbench.distributed import from_environment
+    from regbench.errors import ConfigError
+
+    ranks = from_environment()
+    if not ranks.active:
+        return
+    if any(arg in ("-m", "--multirun") for arg in argv[1:]):
+        raise ConfigError("torchrun trains one run on several processes: drop -m (for a grid on a cluster use "
+                          "hydra/launcher=slurm, with hydra.launcher.gpus_per_node for several GPUs per job)")
+    if not ranks.is_main:
+        scratch = tempfile.mkdtemp(prefix=f"regbench-rank{ranks.rank}-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
 
 
 if __name__ == "__main__":

@@ -77,8 +77,13 @@ def check_command_line(argv: Sequence[str]) -> int:
             continue  # Hydra checks its own settings
         prefix = {"ADD": "+", "DEL": "~", "FORCE_ADD": "++"}.get(override.type.name, "")
         key = f"{prefix}{override.get_key_element()}"
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else \
-            [override.get_value_element_as_str()]
+        if override.is_interval_sweep():  # an Optuna search range: check both ends
+            interval = override.value()
+            values = [str(interval.start), str(interval.end)]
+        elif override.is_sweep_override():
+            values = list(override.sweep_string_iterator())
+        else:
+            values = [override.get_value_element_as_str()]
         choices.append([f"{key}={v}" if not (prefix == "~" and v == "null") else key for v in values])
 
     base = [values[0] for values in choices]

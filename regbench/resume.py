@@ -41,8 +41,12 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     return container
 
 
-def run_id(cfg: DictConfig) -> str:
-    text = json.dumps(identity(cfg), sort_keys=True, default=str)
+def run_id(cfg: DictConfig, world_size: int = 1) -> str:
+    """The run's identity hash; a run on several processes (torchrun) is not the same run as one on one."""
+    ident = identity(cfg)
+    if world_size > 1:
+        ident["world_size"] = world_size
+    text = json.dumps(ident, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
-from regbench import __version__, complexity, resume
+from regbench import __version__, complexity, distributed, resume
 from regbench.data.files import write_atomic
 from regbench.gradients import GradientMonitor, Thresholds
 from regbench.optim import DecoupledWeightDecay, build_optimizer, build_scheduler
@@ -32,7 +32,7 @@ from regbench.results import (BEST_CHECKPOINT, CHECKPOINT_DIR, HISTORY_FILE, LAS
                               write_csv_atomic, write_json_atomic)
 from regbench.seeding import seed_everything
 from regbench.tasks import TASKS
-from regbench.tasks.base import Task
+from regbench.tasks.base import Task, batch_rows
 from regbench.validation import validate
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class _Loop:
     steps_per_epoch: int
     show_progress: bool
     gradients: GradientMonitor
+    step: Any  # (batch) -> (loss, stats): the task's training step, or its DDP wrapper
 
 
 @dataclass
@@ -103,11 +104,16 @@ class _Progress:
 class RunInterrupted(Exception):
     """SIGTERM or SIGINT stopped the run between two steps; the last finished epoch's checkpoint stays."""
 
-    def __init__(self, signum: int | None, epoch: int, run_dir: Path) -> None:
+    def __init__(self, signum: int | None, epoch: int, run_dir: Path, handoff: Any = None) -> None:
         name = signal.Signals(signum).name if signum else "a signal"
-        super().__init__(f"stopped by {name} during epoch {epoch}; run the same command again to resume from "
+        handoff = handoff if signum == signal.SIGUSR2 else None
+        again = ("the scheduler requeues the job, which resumes from" if handoff else
+                 "run the same command again to resume from")
+        super().__init__(f"stopped by {name} during epoch {epoch}; {again} "
                          f"{run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT} (if an epoch had finished)")
         self.signum = signum or signal.SIGTERM
+        # Called with (signum, None) after the record is written: submitit then checkpoints and requeues.
+        self.handoff = handoff
 
 
 @dataclass
@@ -122,8 +128,10 @@ class _EpochResult:
 class Run:
     """One training run: build everything from the config, train, evaluate, write the record."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, overrides: dict[str, str] | None = None) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, overrides: dict[str, str] | None = None,
+                 threads: int | None = None) -> None:
         self.cfg = cfg
+        self.threads = threads or cfg.trainer.threads or None  # None: PyTorch's default
         self.run_dir = Path(run_dir)
         self.overrides = overrides or {}
         self.started = time.time()
@@ -136,23 +144,32 @@ class Run:
             "latency_s_per_batch": None, "latency_batch_size": None, "latency_repeats": None,
             "model_size_bytes": None, "checkpoint_bytes": None, "gradients": {},
             "train_time_s": 0.0, "eval_time_s": 0.0, "wall_time_s": None, "peak_memory_bytes": None,
-            "peak_memory_kind": None, "device": None, "precision": None, "data": {}, "versions": versions(),
+            "peak_memory_kind": None, "device": None, "threads": None, "precision": None, "data": {},
+            "versions": versions(),
             "git_commit": git_commit(), "host": socket.gethostname(),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished_at": None,
-            "error": None, "run_id": None, "resumed_from": None, "reused_from": None, "overrides": self.overrides,
+            "error": None, "run_id": None, "distributed": None, "resumed_from": None, "reused_from": None,
+            "overrides": self.overrides,
         }
         self.history: list[dict[str, Any]] = []
-        self.stop_signal: int | None = None  # set by SIGTERM/SIGINT; the loop stops at the next step
+        self.stop_signal: int | None = None  # set by SIGTERM/SIGINT/SIGUSR2; the loop stops at the next step
+        self.handoff: Any = None  # a scheduler wrapper's SIGUSR2 handler, called once the record is written
         self.earlier: resume.Earlier | None = None
+        self.ranks = distributed.from_environment()  # several under torchrun; only rank 0 writes files
+        self.device: torch.device | None = None
 
     # -- the record ------------------------------------------------------------------------------
     def _write_record(self) -> None:
+        if not self.ranks.is_main:
+            return
         self.record["wall_time_s"] = round(time.time() - self.started, 3)
         write_json_atomic(self.run_dir / METRICS_FILE, self.record)
 
     def _write_history(self) -> None:
         import pandas as pd
 
+        if not self.ranks.is_main:
+            return
         write_csv_atomic(self.run_dir / HISTORY_FILE, pd.DataFrame(self.history))
 
     # -- the run -------------------------------------------------------------------------------------
@@ -161,13 +178,27 @@ class Run:
 
         Raises RunInterrupted after SIGTERM/SIGINT and re-raises any other error, always after the
         record (status `interrupted` or `failed`) is on disk."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        rid = self.record["run_id"] = resume.run_id(self.cfg)
+        if self.ranks.active:
+            self.device = distributed.start(self.ranks, resolve_device(self.cfg.trainer.device))
+            self.record["distributed"] = {"world_size": self.ranks.world, "backend": distributed.backend()}
+        try:
+            return self._execute()
+        finally:
+            distributed.stop()
+
+    def _execute(self) -> dict[str, Any]:
+        main = self.ranks.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        rid = self.record["run_id"] = resume.run_id(self.cfg, self.ranks.world)
         if self.cfg.trainer.resume:
-            self.earlier = resume.find_earlier(self.cfg, rid, self.run_dir)
+            if main:
+                self.earlier = resume.find_earlier(self.cfg, rid, self.run_dir)
+            self.earlier = distributed.broadcast(self.earlier, self.ranks)
             if self.earlier is not None and self.earlier.finished:
-                return self._reuse(self.earlier)
-        resume.remember(self.cfg, rid, self.run_dir)
+                return self._reuse(self.earlier) if main else dict(self.earlier.record)
+        if main:
+            resume.remember(self.cfg, rid, self.run_dir)
         self._write_record()  # status "running": a killed run is visible to compare and findable
         try:
             with self._stop_on_signals():
@@ -199,8 +230,10 @@ class Run:
 
     @contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
-        """SIGTERM (Slurm pre-emption, `kill`) and SIGINT (Ctrl-C) ask the loop to stop at the next step;
-        a second Ctrl-C stops at once."""
+        """SIGTERM (`kill`, `scancel`) and SIGINT (Ctrl-C) ask the loop to stop at the next step; a second
+        Ctrl-C stops at once. Under a job-scheduler wrapper that owns a signal (submitit: SIGUSR2 means
+        "time limit or pre-emption: checkpoint and requeue", SIGTERM is ignored) the run stops on SIGUSR2
+        too, writes its record, and RunInterrupted.handoff passes the signal on so the wrapper requeues it."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -212,7 +245,14 @@ class Run:
             log.warning("%s received: stopping after this step (the last finished epoch's checkpoint stays)",
                         signal.Signals(signum).name)
 
-        previous = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        owned = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR2)}
+        ours = [signal.SIGINT]
+        if not callable(owned[signal.SIGTERM]):   # submitit installs a handler that ignores SIGTERM: keep it
+            ours.append(signal.SIGTERM)
+        if callable(owned[signal.SIGUSR2]):       # submitit's checkpoint-and-requeue
+            ours.append(signal.SIGUSR2)
+            self.handoff = owned[signal.SIGUSR2]
+        previous = {sig: signal.signal(sig, ask_to_stop) for sig in ours}
         try:
             yield
         finally:
@@ -224,14 +264,15 @@ class Run:
         if self.history:
             self._write_history()
         self._write_record()
-        if self.record["status"] in resume.FINAL_STATUSES:  # never resumed again: free the disk
+        if self.record["status"] in resume.FINAL_STATUSES and self.ranks.is_main:  # never resumed again
             (self.run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).unlink(missing_ok=True)
 
     def _train(self) -> None:
         cfg, tcfg = self.cfg, self.cfg.trainer
-        if tcfg.threads:
-            torch.set_num_threads(tcfg.threads)
-        device = resolve_device(tcfg.device)
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        self.record["threads"] = torch.get_num_threads()
+        device = self.device or resolve_device(tcfg.device)
         use_bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and device.type == "cuda")
         self.record.update(device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
                            precision="bf16" if use_bf16 else "fp32")
@@ -244,6 +285,9 @@ class Run:
         self.record["data"] = task.data_summary()
         torch.manual_seed(cfg.seed)  # model init does not depend on how much randomness data loading used
         model = task.build_model().to(device)
+        if self.ranks.active:
+            self.record["distributed"]["sync_batchnorm_layers"] = distributed.sync_batchnorm(model)
+            torch.manual_seed(cfg.seed + self.ranks.rank)  # dropout masks differ per rank; DDP copies rank 0's weights
         self.record["params"] = complexity.count_parameters(model)
         self.record["params_trainable"] = complexity.count_parameters(model, trainable_only=True)
         self.record["model_size_bytes"] = complexity.state_size_bytes(model)
@@ -254,6 +298,8 @@ class Run:
             best_state = self._fit(task, model, device, generator, autocast)
         else:  # nothing to train (the popularity baseline): score it as it is
             best_state = self._score_untrained(task, model)
+        if not self.ranks.is_main:  # rank 0 tests, measures and writes the record
+            return
         if best_state is not None:
             model.load_state_dict(best_state)
             model.eval()
@@ -316,7 +362,9 @@ class Run:
         loop = _Loop(task=task, model=model, optimizer=optimizer, decoupled_wd=decoupled_wd,
                      scheduler=build_scheduler(cfg, optimizer, steps_per_epoch, steps_per_epoch * tcfg.max_epochs),
                      autocast=autocast, generator=generator, device=device, steps_per_epoch=steps_per_epoch,
-                     show_progress=tcfg.progress and sys.stderr.isatty(), gradients=monitor)
+                     show_progress=tcfg.progress and sys.stderr.isatty() and self.ranks.is_main, gradients=monitor,
+                     step=(distributed.wrap(task, model, device) if self.ranks.active
+                           else lambda batch: task.training_step(model, batch)))
         better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
 
         progress = _Progress(best_value=None, best_state=None, bad_epochs=0, epoch=0, stopped=False)
@@ -327,7 +375,7 @@ class Run:
             lr = optimizer.param_groups[0]["lr"]
             epoch_result = self._train_epoch(loop, epoch)
             if epoch_result.interrupted:
-                raise RunInterrupted(self.stop_signal, epoch, self.run_dir)
+                raise RunInterrupted(self.stop_signal, epoch, self.run_dir, self.handoff)
             row: dict[str, Any] = {"epoch": epoch}
             row.update({f"train_{k}": v for k, v in epoch_result.metrics.items()})
             self.record["train_time_s"] = round(self.record["train_time_s"] + epoch_result.seconds, 3)
@@ -341,8 +389,11 @@ class Run:
 
             t1 = time.perf_counter()
             model.eval()
-            with torch.no_grad(), loop.autocast:
-                val = task.evaluate(model, "val")
+            val = None
+            if self.ranks.is_main:
+                with torch.no_grad(), loop.autocast:
+                    val = task.evaluate(model, "val")
+            val = distributed.broadcast(val, self.ranks)  # every rank takes the same best/stop decisions
             eval_time = time.perf_counter() - t1
             self.record["eval_time_s"] = round(self.record["eval_time_s"] + eval_time, 3)
             row.update(flatten(val, "val_"))
@@ -377,6 +428,8 @@ class Run:
 
     def _save_last(self, loop: _Loop, progress: _Progress) -> None:
         """Everything needed to continue exactly after this epoch, written atomically."""
+        if not self.ranks.is_main:
+            return
         state = {"format": resume.CHECKPOINT_FORMAT, "run_id": self.record["run_id"], "epoch": progress.epoch,
                  "stopped": progress.stopped, "model": loop.model.state_dict(),
                  "optimizer": loop.optimizer.state_dict(),
@@ -418,14 +471,28 @@ class Run:
         batches = tqdm(loop.task.train_batches(loop.generator), total=loop.steps_per_epoch,
                        disable=not loop.show_progress, desc=f"epoch {epoch}/{cfg.trainer.max_epochs}", leave=False,
                        dynamic_ncols=True)
+        ranks = self.ranks
         step = -1
         for step, batch in enumerate(batches):
-            if self.stop_signal is not None:  # the epoch is abandoned; the last epoch's checkpoint stays
+            # Ranks must leave the loop at the same step, so under torchrun they agree every few steps.
+            stop = (self.stop_signal is not None if not ranks.active else
+                    step % NONFINITE_CHECK_EVERY == 0 and distributed.any_rank(self.stop_signal is not None,
+                                                                               ranks, loop.device))
+            if stop:  # the epoch is abandoned; the last epoch's checkpoint stays
                 batches.close()
                 return _EpochResult(metrics={}, seconds=time.perf_counter() - t0, diverged=False, interrupted=True,
                                     gradient_stats={})
+            scale = 1.0
+            if ranks.active:
+                if batch_rows(batch) < ranks.world:
+                    continue  # a last batch smaller than the number of ranks would leave a rank without data
+                whole = loop.task.loss_weight(batch)
+                batch = distributed.share(batch, ranks)
+                scale = loop.task.loss_weight(batch) * ranks.world / whole
             with loop.autocast:
-                loss, stats = loop.task.training_step(model, batch)
+                loss, stats = loop.step(batch)
+            if ranks.active:
+                loss = loss * scale  # DDP averages gradients over ranks: this makes it the whole batch's mean
             objective = loss
             if cfg.penalty.l1 > 0:
                 objective = loss + cfg.penalty.l1 * sum(p.abs().sum() for p in l1_params)
@@ -439,13 +506,15 @@ class Run:
             loop.scheduler.step()
             for key, value in stats.items():
                 sums[key] = sums[key] + value if key in sums else value.detach().clone()
-            if (step + 1) % NONFINITE_CHECK_EVERY == 0 and not torch.isfinite(sums["loss_sum"]):
+            if (step + 1) % NONFINITE_CHECK_EVERY == 0 and distributed.any_rank(
+                    not torch.isfinite(sums["loss_sum"]), ranks, loop.device):
                 diverged = True
                 break
         if loop.device.type == "cuda":
             torch.cuda.synchronize(loop.device)
         seconds = time.perf_counter() - t0
         steps_done = step + 1
+        sums = distributed.sum_over_ranks(sums, ranks)
         metrics = loop.task.train_metrics({k: float(v) for k, v in sums.items()})
         gradient_stats = loop.gradients.epoch_summary()
         gradient_stats["clip_rate"] = float(clipped) / max(steps_done, 1)
@@ -453,12 +522,16 @@ class Run:
                             interrupted=False, gradient_stats=gradient_stats)
 
     def _save_checkpoint(self, state: dict[str, torch.Tensor], epoch: int, val: dict[str, float]) -> None:
+        if not self.ranks.is_main:
+            return
         checkpoint = {"model": state, "epoch": epoch, "val": val,
                       "config": OmegaConf.to_container(self.cfg, resolve=True)}
         write_atomic(self.run_dir / CHECKPOINT_DIR / BEST_CHECKPOINT, lambda fh: torch.save(checkpoint, fh))
 
 
-def run(cfg: DictConfig, run_dir: Path, overrides: dict[str, str] | None = None) -> dict[str, Any]:
-    """Train one configuration and write its record into run_dir; return metrics.json's content."""
-    return Run(cfg, run_dir, overrides).execute()
+def run(cfg: DictConfig, run_dir: Path, overrides: dict[str, str] | None = None,
+        threads: int | None = None) -> dict[str, Any]:
+    """Train one configuration and write its record into run_dir; return metrics.json's content.
+    `threads` (torch CPU threads) overrides trainer.threads; the CLI derives it from the launcher."""
+    return Run(cfg, run_dir, overrides, threads).execute()
 

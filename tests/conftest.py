@@ -53,6 +53,17 @@ def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CoNLL corpus (train/valid/test.txt) with PER and LOC entities a tagger can learn."""
+    from test_tagging import tiny_corpus, write
+
+    root = tmp_path_factory.mktemp("tiny-conll")
+    for split, n, seed in (("train", 120, 0), ("valid", 30, 1), ("test", 30, 2)):
+        write(root / f"{split}.txt", tiny_corpus(n, seed))
+    return root
+
+
 def tiny_overrides(data_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
     """Overrides that make a real run take about a second on a CPU."""
     return [f"paths.data_dir={data_dir}", f"paths.cache_dir={cache_dir}",

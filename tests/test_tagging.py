@@ -189,14 +189,6 @@ def tiny_corpus(n: int, seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.fixture(scope="module")
-def tiny_corpus_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny-conll")
-    for split, n, seed in (("train", 120, 0), ("valid", 30, 1), ("test", 30, 2)):
-        write(root / f"{split}.txt", tiny_corpus(n, seed))
-    return root
-
-
 def run_tagging(compose_cfg, tmp_path, *overrides):
     cfg = compose_cfg("trainer.progress=false", "trainer.device=cpu", "model.hidden=16", "model.word_dim=16",
                       "model.char_hidden=8", "model.char_dim=8", "trainer.batch_size=8", *overrides)

@@ -13,6 +13,14 @@ from torch import Tensor, nn
 Batch = Any
 
 
+def batch_rows(batch: Batch) -> int:
+    """Examples in a batch: the first dimension of its first tensor."""
+    if isinstance(batch, Tensor):
+        return len(batch)
+    values = batch.values() if isinstance(batch, dict) else batch
+    return next(batch_rows(v) for v in values if isinstance(v, (Tensor, dict, tuple, list)))
+
+
 class Task(ABC):
     name: ClassVar[str]
     primary_metric: ClassVar[str]          # a key of evaluate()'s result, e.g. "accuracy"
@@ -51,6 +59,11 @@ class Task(ABC):
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         """Metrics on "val", "test" or "train" (a fixed, unaugmented subset of the training split).
         Called under torch.no_grad() and the run's autocast, with the model in eval mode."""
+
+    def loss_weight(self, batch: Batch) -> Tensor | float:
+        """What training_step's mean loss averages over in this batch: examples by default (tagging:
+        tokens). Distributed training weights each rank's share of a batch by its share of this."""
+        return batch_rows(batch)
 
     @abstractmethod
     def example_input(self) -> Tensor | tuple[Tensor, ...]:

@@ -200,6 +200,9 @@ class TaggingTask(Task):
         correct = ((emissions.argmax(-1) == batch["tags"]) & mask).sum()  # emission argmax: no Viterbi in training
         return loss, {"loss_sum": loss.detach() * n_tokens, "correct": correct, "count": n_tokens}
 
+    def loss_weight(self, batch: dict[str, Tensor]) -> Tensor:
+        return batch["mask"].sum()  # the loss is a mean over real tokens
+
     def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"]}
 

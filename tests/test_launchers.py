@@ -1,0 +1,62 @@
+"""The launcher presets (hydra/launcher=slurm, parallel) compose into what the plugins expect, torch threads
+are shared out between runs that run at once, and a real parallel grid lands every record."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_module
+
+from conftest import tiny_overrides
+from regbench.launchers import available_cpus, concurrent_runs, job_threads
+
+JOBLIB = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}
+BASIC = {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}
+
+
+def hydra_cfg(*overrides: str):
+    with initialize_config_module(config_module="regbench.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True).hydra
+
+
+def test_threads_per_run():
+    assert job_threads(3, JOBLIB, {}, cpus=16) == 3                          # trainer.threads wins
+    assert job_threads(0, JOBLIB, {}, cpus=16) == 8                          # 16 cores, 2 runs at once
+    assert job_threads(0, {**JOBLIB, "n_jobs": 3}, {}, cpus=16) == 5
+    assert job_threads(0, {**JOBLIB, "n_jobs": 4}, {}, cpus=2) == 1          # never 0
+    assert job_threads(0, {**JOBLIB, "n_jobs": -1}, {}, cpus=16) == 1        # joblib: one run per core
+    assert concurrent_runs({**JOBLIB, "n_jobs": -2}, 16) == 15               # ... all cores but one
+    assert job_threads(0, BASIC, {}, cpus=16) is None                        # one run at a time: PyTorch's default
+    assert job_threads(0, None, {"SLURM_CPUS_PER_TASK": "6"}, cpus=64) == 6  # what Slurm gave the job
+    assert 1 <= available_cpus()
+
+
+def test_slurm_preset_composes_for_the_submitit_plugin():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs pip install 'regbench[slurm]'")
+    launcher = hydra_cfg("hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                         "hydra.launcher.gpus_per_node=1").launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.timeout_min == 240
+    assert launcher.max_num_timeout > 0  # otherwise a run that hits the time limit is not requeued
+    assert 0 < launcher.signal_delay_s < launcher.timeout_min * 60
+
+
+def test_parallel_preset_runs_a_grid_with_shared_threads(tiny_data_dir, tmp_path, cli_env):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs pip install 'regbench[parallel]'")
+    launcher = hydra_cfg("hydra/launcher=parallel").launcher
+    assert launcher._target_.endswith("JoblibLauncher") and launcher.n_jobs == 2
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=parallel", "regularizer=none,bn", "seed=0,1", f"hydra.sweep.dir={sweep}",
+            *tiny_overrides(tiny_data_dir, tmp_path / "cache")]
+    result = subprocess.run([sys.executable, "-m", "regbench", *args], env=cli_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(4)]
+    assert [(r["regularizer"], r["seed"], r["status"]) for r in records] == \
+        [("none", 0, "completed"), ("none", 1, "completed"), ("bn", 0, "completed"), ("bn", 1, "completed")]
+    assert {r["threads"] for r in records} == {max(1, available_cpus() // 2)}
+    assert len(pd.read_csv(sweep / "results.csv")) == 4 and (sweep / "summary.csv").is_file()

@@ -1,0 +1,152 @@
+"""Grids on a real single-node Slurm cluster (scripts/slurm_up.sh; .ci/run starts one), through the
+`hydra/launcher=slurm` preset: every job must be COMPLETED in Slurm's accounting and every run record
+must land, whatever order the jobs end in; a job signalled before its time limit must be requeued
+and resume where it stopped.
+
+Skipped when no cluster answers, unless REGBENCH_REQUIRE_SLURM=1 (.ci/run sets it): then the tests start
+one themselves with scripts/slurm_up.sh (root, Debian: apt-get, about 25 s) and stop it afterwards."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import tiny_overrides
+
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs pip install 'regbench[slurm]'")
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+# REGBENCH_REQUIRE_SLURM=1 (CI): start a private cluster when none answers, and fail rather than skip.
+REQUIRED = os.environ.get("REGBENCH_REQUIRE_SLURM") == "1"
+
+
+def _cluster_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    r = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    return r.returncode == 0 and any(s in r.stdout for s in ("idle", "mix", "alloc"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    """A Slurm cluster that answers: the one already running, or (REGBENCH_REQUIRE_SLURM=1, as root on
+    Debian) a private single-node one that scripts/slurm_up.sh installs and starts and slurm_down.sh stops."""
+    if _cluster_up():
+        yield
+        return
+    if not REQUIRED:
+        pytest.skip("no Slurm cluster answers (sudo scripts/slurm_up.sh starts a private one; "
+                    "REGBENCH_REQUIRE_SLURM=1 makes the tests start it)")
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.fail("REGBENCH_REQUIRE_SLURM=1 needs root and apt-get to start a cluster (scripts/slurm_up.sh)")
+    subprocess.run([str(SCRIPTS / "slurm_up.sh")], check=True, timeout=900)
+    try:
+        yield
+    finally:
+        subprocess.run([str(SCRIPTS / "slurm_down.sh")], timeout=300)
+
+
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1",
+         "hydra.launcher.signal_delay_s=15", "hydra.launcher.max_num_timeout=3"]
+
+
+def sacct(job: str, duplicates: bool = False) -> dict[str, list[str]]:
+    """{job id: [states]} for a job or job array, oldest attempt first."""
+    cmd = ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", job] + (["--duplicates"] if duplicates else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    states: dict[str, list[str]] = {}
+    for line in out.split():
+        job_id, state = line.split("|")
+        states.setdefault(job_id, []).append(state.split()[0])
+    return states
+
+
+def wait_for_accounting(job: str, expected: dict[str, list[str]], duplicates: bool = False) -> dict:
+    """slurmctld tells slurmdbd asynchronously: sacct may lag the sweep's end by a second or two."""
+    for _ in range(60):
+        states = sacct(job, duplicates)
+        if states == expected:
+            return states
+        time.sleep(0.5)
+    return states
+
+
+def submitted_jobs(sweep: Path) -> set[str]:
+    """The Slurm job (array) ids submitit used, from its folder names (<array>_<task> or <job>)."""
+    return {p.name.split("_")[0] for p in (sweep / ".submitit").iterdir() if p.name[0].isdigit()}
+
+
+def test_a_grid_runs_as_a_slurm_job_array_and_every_record_lands(tiny_data_dir, tmp_path, cli_env):
+    sweep = tmp_path / "sweep"
+    # Jobs 0 and 2 train 6 epochs, 1 and 3 one: with two CPUs the jobs end in another order than they start.
+    command = ["-m", *SLURM, *tiny_overrides(tiny_data_dir, tmp_path / "cache"), f"hydra.sweep.dir={sweep}",
+               "regularizer=none,bn", "trainer.max_epochs=6,1"]
+    result = subprocess.run([sys.executable, "-m", "regbench", *command], env=cli_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    jobs = submitted_jobs(sweep)
+    assert len(jobs) == 1, jobs  # one sbatch job array
+    array = jobs.pop()
+    states = wait_for_accounting(array, {f"{array}_{i}": ["COMPLETED"] for i in range(4)})
+    assert states == {f"{array}_{i}": ["COMPLETED"] for i in range(4)}
+
+    records = {d.name: json.loads((d / "metrics.json").read_text()) for d in sweep.iterdir() if d.name.isdigit()}
+    assert sorted(records) == ["0", "1", "2", "3"]
+    assert sorted((r["regularizer"], r["epochs_run"]) for r in records.values()) == \
+        [("bn", 1), ("bn", 6), ("none", 1), ("none", 6)]
+    assert all(r["status"] == "completed" and r["threads"] == 1 for r in records.values())  # cpus_per_task=1
+    finished = sorted(records, key=lambda k: records[k]["finished_at"])
+    table = pd.read_csv(sweep / "results.csv")
+    assert sorted(zip(table["regularizer"], table["epochs_run"])) == [("bn", 1), ("bn", 6), ("none", 1), ("none", 6)]
+    assert set(table["status"]) == {"completed"}
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert len(summary) == 4 and set(summary["n"]) == {1}, (finished, summary)
+
+def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes(tiny_data_dir, tmp_path, cli_env):
+    """SIGUSR2 is what Slurm sends `signal_delay_s` before the time limit (and on pre-emption):
+    `scancel --signal=USR2` sends it now instead of in minutes."""
+    sweep = tmp_path / "sweep"
+    command = ["-m", *SLURM, *tiny_overrides(tiny_data_dir, tmp_path / "cache"), f"hydra.sweep.dir={sweep}",
+               "trainer.max_epochs=40"]
+    process = subprocess.Popen([sys.executable, "-m", "regbench", *command], env=cli_env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        history = sweep / "0" / "history.csv"
+        deadline = time.time() + 120
+        while not (history.is_file() and len(history.read_text().splitlines()) >= 3):  # 2 epochs done
+            assert process.poll() is None and time.time() < deadline, process.communicate()
+            time.sleep(0.2)
+        (job,) = submitted_jobs(sweep)
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        # Slurm holds a requeued job for a while (BeginTime); release it so the test does not wait.
+        for _ in range(120):
+            info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+            if "JobState=PENDING" in info:
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+                break
+            time.sleep(0.25)
+        else:
+            pytest.fail(f"the job was not requeued:\n{info}")
+        out, err = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err[-3000:]
+
+    record = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert record["status"] == "completed" and record["epochs_run"] == 40
+    assert record["resumed_from"] and "last.pt (after epoch" in record["resumed_from"]
+    history = pd.read_csv(sweep / "0" / "history.csv")
+    assert list(history["epoch"]) == list(range(1, 41))  # no epoch lost or run twice
+    assert wait_for_accounting(job, {job: ["REQUEUED", "COMPLETED"]}, duplicates=True) == \
+        {job: ["REQUEUED", "COMPLETED"]}
+    log = next((sweep / ".submitit").glob(f"{job}*/*_log.err")).read_text()
+    assert "stopped by SIGUSR2" in log and "Requeued job" in log
