@@ -88,6 +88,7 @@ class _Loop:
     show_progress: bool
     gradients: GradientMonitor
     step: Any  # (batch) -> (loss, stats): the task's training step, or its DDP wrapper
+    compiling: bool = False  # the next step compiles the model (trainer.compile): time it apart
 
 
 @dataclass
@@ -148,8 +149,8 @@ class Run:
             "versions": versions(),
             "git_commit": git_commit(), "host": socket.gethostname(),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished_at": None,
-            "error": None, "run_id": None, "distributed": None, "resumed_from": None, "reused_from": None,
-            "overrides": self.overrides,
+            "error": None, "compile_time_s": None, "run_id": None, "distributed": None, "resumed_from": None,
+            "reused_from": None, "overrides": self.overrides,
         }
         self.history: list[dict[str, Any]] = []
         self.stop_signal: int | None = None  # set by SIGTERM/SIGINT/SIGUSR2; the loop stops at the next step
@@ -349,22 +350,33 @@ class Run:
         self.record["best_epoch"] = 0
         return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
-    def _fit(self, task: Task, model: nn.Module, device: torch.device, generator: torch.Generator,
-             autocast: torch.autocast) -> dict[str, torch.Tensor] | None:
-        """The epoch loop with validation, best-state tracking and early stopping; returns the best state."""
+    def build_loop(self, task: Task, model: nn.Module, device: torch.device, generator: torch.Generator,
+                   autocast: torch.autocast) -> _Loop:
+        """Optimizer, schedule, gradient monitor and the training step, as train_epoch uses them."""
         cfg, tcfg = self.cfg, self.cfg.trainer
-        metric = task.primary_metric
         optimizer, decoupled_wd = build_optimizer(cfg, model)
         steps_per_epoch = task.num_train_batches()
         gcfg = tcfg.gradients
         monitor = GradientMonitor(model, device, Thresholds(float(gcfg.vanishing_below), float(gcfg.exploding_above)),
                                   per_layer=bool(gcfg.per_layer))
-        loop = _Loop(task=task, model=model, optimizer=optimizer, decoupled_wd=decoupled_wd,
+        def step(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            return task.training_step(model, batch)
+
+        if tcfg.compile:  # the whole step (forward and loss), as tasks call model methods besides forward;
+            step = torch.compile(step)  # evaluation stays eager, on the same parameters
+        return _Loop(task=task, model=model, optimizer=optimizer, decoupled_wd=decoupled_wd,
                      scheduler=build_scheduler(cfg, optimizer, steps_per_epoch, steps_per_epoch * tcfg.max_epochs),
                      autocast=autocast, generator=generator, device=device, steps_per_epoch=steps_per_epoch,
                      show_progress=tcfg.progress and sys.stderr.isatty() and self.ranks.is_main, gradients=monitor,
-                     step=(distributed.wrap(task, model, device) if self.ranks.active
-                           else lambda batch: task.training_step(model, batch)))
+                     step=distributed.wrap(task, model, device) if self.ranks.active else step,
+                     compiling=bool(tcfg.compile))
+
+    def _fit(self, task: Task, model: nn.Module, device: torch.device, generator: torch.Generator,
+             autocast: torch.autocast) -> dict[str, torch.Tensor] | None:
+        """The epoch loop with validation, best-state tracking and early stopping; returns the best state."""
+        tcfg = self.cfg.trainer
+        metric = task.primary_metric
+        loop = self.build_loop(task, model, device, generator, autocast)
         better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
 
         progress = _Progress(best_value=None, best_state=None, bad_epochs=0, epoch=0, stopped=False)
@@ -372,8 +384,8 @@ class Run:
             progress = self._resume_from(self.earlier.checkpoint, loop)
         best_value, best_state, bad_epochs = progress.best_value, progress.best_state, progress.bad_epochs
         for epoch in range(progress.epoch + 1, 0 if progress.stopped else tcfg.max_epochs + 1):
-            lr = optimizer.param_groups[0]["lr"]
-            epoch_result = self._train_epoch(loop, epoch)
+            lr = loop.optimizer.param_groups[0]["lr"]
+            epoch_result = self.train_epoch(loop, epoch)
             if epoch_result.interrupted:
                 raise RunInterrupted(self.stop_signal, epoch, self.run_dir, self.handoff)
             row: dict[str, Any] = {"epoch": epoch}
@@ -455,7 +467,7 @@ class Run:
             self._save_checkpoint(best_state, state["record"]["best_epoch"], state["record"]["val"])
         return _Progress(state["best_value"], best_state, state["bad_epochs"], state["epoch"], state["stopped"])
 
-    def _train_epoch(self, loop: _Loop, epoch: int) -> _EpochResult:
+    def train_epoch(self, loop: _Loop, epoch: int) -> _EpochResult:
         """One pass over the training batches. Statistics stay on the device until the epoch ends."""
         cfg = self.cfg
         model, optimizer = loop.model, loop.optimizer
@@ -489,6 +501,7 @@ class Run:
                 whole = loop.task.loss_weight(batch)
                 batch = distributed.share(batch, ranks)
                 scale = loop.task.loss_weight(batch) * ranks.world / whole
+            compile_started = time.perf_counter() if loop.compiling else None
             with loop.autocast:
                 loss, stats = loop.step(batch)
             if ranks.active:
@@ -504,6 +517,13 @@ class Run:
                 loop.decoupled_wd.apply()
             optimizer.step()
             loop.scheduler.step()
+            if compile_started is not None:  # torch.compile compiled forward and backward in this step
+                if loop.device.type == "cuda":
+                    torch.cuda.synchronize(loop.device)
+                compile_seconds = time.perf_counter() - compile_started
+                self.record["compile_time_s"] = round(compile_seconds, 3)
+                t0 += compile_seconds
+                loop.compiling = False
             for key, value in stats.items():
                 sums[key] = sums[key] + value if key in sums else value.detach().clone()
             if (step + 1) % NONFINITE_CHECK_EVERY == 0 and distributed.any_rank(

@@ -112,6 +112,7 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "trainer.threads", low=0, integer=True)
     _choice(cfg, "trainer.precision", PRECISIONS)
     _bool(cfg, "trainer.progress")
+    _bool(cfg, "trainer.compile")
     _bool(cfg, "trainer.save_checkpoint")
     _bool(cfg, "trainer.resume")
     _number(cfg, "trainer.checkpoint_every", low=0, integer=True)

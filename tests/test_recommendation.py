@@ -274,3 +274,16 @@ def test_a_zip_whose_sha256_differs_is_refused_with_both_hashes(compose_cfg, ml_
     cfg = compose_cfg(*rec_overrides(ml_dir, tmp_path, "model=popularity", "data.sha256=" + "0" * 64))
     with pytest.raises(DataError, match=f"has sha256 {actual}, but {'0' * 64} was expected"):
         runner.run(cfg, tmp_path / "refused")
+
+
+def test_compiled_training_matches_eager_and_reports_compile_time(compose_cfg, ml_dir, tmp_path):
+    """trainer.compile=true: torch.compile trains the model; the first step's compilation is timed apart."""
+    base = rec_overrides(ml_dir, tmp_path, "model=mf", "trainer.max_epochs=2", "trainer.save_checkpoint=false")
+    eager, _ = run_rec(compose_cfg, tmp_path / "eager", *base)
+    compiled, _ = run_rec(compose_cfg, tmp_path / "compiled", *base, "trainer.compile=true")
+    assert eager["compile_time_s"] is None and compiled["compile_time_s"] > 0
+    assert compiled["train_time_s"] < compiled["compile_time_s"]  # compilation is not training time
+    assert compiled["run_id"] != eager["run_id"]
+    for split in ("val", "test"):
+        assert compiled[split]["ndcg@10"] == pytest.approx(eager[split]["ndcg@10"], abs=1e-4)
+        assert compiled[split]["loss"] == pytest.approx(eager[split]["loss"], rel=1e-4)

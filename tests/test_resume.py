@@ -35,13 +35,13 @@ def test_run_id_ignores_cosmetic_keys_only(make_cfg, tmp_path):
 
 def _interrupt_during(epoch: int, monkeypatch):
     """Deliver a 'signal' at the start of `epoch`, as the SIGTERM handler would."""
-    original = runner.Run._train_epoch
+    original = runner.Run.train_epoch
 
     def train_epoch(self, loop, e):
         if e == epoch:
             self.stop_signal = 15
         return original(self, loop, e)
-    monkeypatch.setattr(runner.Run, "_train_epoch", train_epoch)
+    monkeypatch.setattr(runner.Run, "train_epoch", train_epoch)
 
 
 def _metrics_of(history: pd.DataFrame) -> pd.DataFrame:

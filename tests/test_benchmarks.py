@@ -1,0 +1,23 @@
+"""The GPU benchmark script runs end to end (on a CPU, at toy size), so it works when a GPU turns up."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_throughput.py"
+
+
+def test_gpu_throughput_script_reports_every_figure(tiny_data_dir, tmp_path, cli_env):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--target", "0.05",
+                             f"paths.data_dir={tiny_data_dir}", f"paths.cache_dir={tmp_path / 'cache'}",
+                             f"paths.output_dir={tmp_path / 'outputs'}", "data.val_size=20", "data.train_eval_size=20",
+                             "trainer.device=cpu"], env=cli_env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["matrix_rate_tflops"] > 0 and report["images_per_s"] > 0 and report["epochs"] == 2
+    assert report["achieved_tflops"] > 0 and 0 < report["utilisation_of_matrix_rate"]
+    assert report["epoch_reaching_target"] == 1 and report["train_seconds_to_target"] is not None  # 0.05 < chance
+    assert 0 <= report["test_accuracy"] <= 1
