@@ -179,18 +179,15 @@ def _prepare_tuning(argv: list[str]) -> None:
     trials are queued again and n_trials becomes what is left of the budget (regbench.tuning)."""
     if not any(a.startswith("hydra/sweeper=") for a in argv[1:]):
         return
-    from hydra import compose, initialize_config_module
-
-    from regbench import tuning
-
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    args = [a for a in argv[1:] if a not in ("-m", "--multirun")]
+    from regbench import tuning
+    from regbench.preflight import MULTIRUN_FLAGS, compose_config
+
+    args = [a for a in argv[1:] if a not in MULTIRUN_FLAGS]
     parsed = OverridesParser.create().parse_overrides(args)
     # The searched keys do not name the study (hydra.sweeper.study_name); compose without them.
-    overrides = [a for a, o in zip(args, parsed) if not o.is_sweep_override()]
-    with initialize_config_module(config_module="regbench.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    cfg = compose_config([a for a, o in zip(args, parsed) if not o.is_sweep_override()], with_hydra=True)
     if not tuning.uses_optuna(cfg):
         return
     storage = str(cfg.hydra.sweeper.get("storage") or "")
@@ -219,11 +216,12 @@ def _prepare_rank(argv: list[str]) -> None:
 
     from regbench.distributed import from_environment
     from regbench.errors import ConfigError
+    from regbench.preflight import MULTIRUN_FLAGS
 
     ranks = from_environment()
     if not ranks.active:
         return
-    if any(arg in ("-m", "--multirun") for arg in argv[1:]):
+    if any(arg in MULTIRUN_FLAGS for arg in argv[1:]):
         raise ConfigError("torchrun trains one run on several processes: drop -m (for a grid on a cluster use "
                           "hydra/launcher=slurm, with hydra.launcher.gpus_per_node for several GPUs per job)")
     if not ranks.is_main:

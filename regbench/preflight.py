@@ -17,11 +17,13 @@ from regbench.errors import ConfigError
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
-def _compose(overrides: list[str]) -> DictConfig:
+def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    """The config the `regbench` command builds for these overrides (with Hydra's own settings under
+    `hydra` when with_hydra is true)."""
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(config_module="regbench.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
 
 
 def _keys(cfg: DictConfig, prefix: str = "") -> list[str]:
@@ -46,7 +48,7 @@ def _explain(err: Exception, override: str | None, others: list[str]) -> ConfigE
     if override and text.startswith("Could not override"):
         key = override.partition("=")[0].lstrip("+~")
         try:
-            known = _keys(_compose(others))
+            known = _keys(compose_config(others))
         except Exception:  # noqa: BLE001 - the suggestion is a courtesy
             known = []
         close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
@@ -91,7 +93,7 @@ def check_command_line(argv: Sequence[str]) -> int:
                                  for i, values in enumerate(choices) for value in values[1:]]
     for changed, overrides in variants:
         try:
-            cfg = _compose(overrides)
+            cfg = compose_config(overrides)
         except HydraException as err:
             culprit = changed or _find_culprit(overrides)
             others = [o for o in overrides if o != culprit]
@@ -106,7 +108,7 @@ def _find_culprit(overrides: list[str]) -> str | None:
 
     for i, override in enumerate(overrides):
         try:
-            _compose(overrides[: i + 1])
+            compose_config(overrides[: i + 1])
         except HydraException:
             return override
     return None

@@ -8,18 +8,17 @@ import sys
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_module
 
 from conftest import tiny_overrides
 from regbench.launchers import available_cpus, concurrent_runs, job_threads
+from regbench.preflight import compose_config
 
 JOBLIB = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}
 BASIC = {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}
 
 
 def hydra_cfg(*overrides: str):
-    with initialize_config_module(config_module="regbench.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True).hydra
+    return compose_config(list(overrides), with_hydra=True).hydra
 
 
 def test_threads_per_run():
