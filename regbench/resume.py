@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from regbench.errors import RegbenchError
 from regbench.results import CHECKPOINT_DIR, COSMETIC_KEYS, LAST_CHECKPOINT, read_metrics, write_text_atomic
+
+log = logging.getLogger(__name__)
 
 INDEX_DIR = ".index"
 FINAL_STATUSES = ("completed", "diverged")  # a re-run reuses these; anything else is resumed or redone
@@ -99,7 +102,8 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
                                                      gauss),
-             "torch": torch.get_rng_state(), "data": generator.get_state(), "cuda": None}
+             "torch": torch.get_rng_state(), "data": generator.get_state(), "data_device": generator.device.type,
+             "cuda": None}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -111,7 +115,13 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["data"])
+    saved_on = state.get("data_device", "cpu")  # checkpoints before the generator moved to the device: cpu
+    if saved_on == generator.device.type:
+        generator.set_state(state["data"])
+    else:  # a GPU run resumed on a CPU or the other way round: the two generators' states do not convert
+        log.warning("the checkpoint's data-order generator was on %s, this run's is on %s: it starts again from "
+                    "the seed, so batches after resuming differ from an uninterrupted run", saved_on,
+                    generator.device.type)
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

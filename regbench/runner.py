@@ -278,7 +278,7 @@ class Run:
         self.record.update(device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
                            precision="bf16" if use_bf16 else "fp32")
         complexity.reset_peak_memory(device)
-        generator = seed_everything(cfg.seed)
+        generator = seed_everything(cfg.seed, device)
 
         task = TASKS[cfg.task.name](cfg, device)
         self.record["primary_metric"] = metric = task.primary_metric

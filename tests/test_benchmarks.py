@@ -21,3 +21,17 @@ def test_gpu_throughput_script_reports_every_figure(tiny_data_dir, tmp_path, cli
     assert report["achieved_tflops"] > 0 and 0 < report["utilisation_of_matrix_rate"]
     assert report["epoch_reaching_target"] == 1 and report["train_seconds_to_target"] is not None  # 0.05 < chance
     assert 0 <= report["test_accuracy"] <= 1
+
+
+def test_revision_ab_loads_an_earlier_revision_beside_this_checkout(tiny_data_dir, tmp_path, cli_env):
+    """HEAD against itself on tiny data: both versions load into one process and train in turn."""
+    script = SCRIPT.parent / "revision_ab.py"
+    result = subprocess.run([sys.executable, str(script), "--rev", "HEAD", "--rounds", "2",
+                             f"paths.data_dir={tiny_data_dir}", f"paths.cache_dir={tmp_path / 'cache'}",
+                             f"paths.output_dir={tmp_path / 'outputs'}", "model.width=0.0625", "data.val_size=20",
+                             "data.limit_train=40", "data.train_eval_size=20", "trainer.batch_size=8", "--setup", "4"],
+                            env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = result.stdout.strip().splitlines()[-1].split("|")
+    assert row[1].strip().startswith("CIFAR-10 CNN-13") and float(row[2].split()[0]) > 0
+    assert float(row[3].split()[0]) > 0 and float(row[4]) > 0

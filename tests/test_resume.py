@@ -119,3 +119,20 @@ def test_checkpoint_every_spaces_out_last_pt(make_cfg, tmp_path, monkeypatch):
     saved.clear()
     runner.run(make_cfg("trainer.checkpoint_every=0", "trainer.max_epochs=2", "seed=3"), tmp_path / "b")
     assert saved == []
+
+
+def test_a_data_generator_state_from_another_device_kind_is_not_applied(caplog):
+    """A GPU run's checkpoint resumed on a CPU: the data-order generator's state does not convert, so the
+    run goes on from its seed with a warning instead of failing (torch would refuse the state)."""
+    saved = resume.rng_state(torch.Generator().manual_seed(1))
+    assert saved["data_device"] == "cpu"
+    here = torch.Generator().manual_seed(2)
+    expected = torch.Generator().manual_seed(2).get_state()
+    saved.update(data=torch.zeros(16, dtype=torch.uint8), data_device="cuda")  # a CUDA generator's state
+    resume.restore_rng(saved, here)
+    assert torch.equal(here.get_state(), expected)
+    assert "data-order generator was on cuda, this run's is on cpu" in caplog.text
+    old = resume.rng_state(torch.Generator().manual_seed(3))
+    del old["data_device"]  # a checkpoint written before the key existed came from a CPU generator
+    resume.restore_rng(old, here)
+    assert torch.equal(here.get_state(), torch.Generator().manual_seed(3).get_state())

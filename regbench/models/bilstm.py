@@ -27,13 +27,31 @@ log = logging.getLogger(__name__)
 N_CASE_CLASSES = 6  # pad, lower, UPPER, Title, mIxed, no letters
 
 
-class MaskedBatchNorm(nn.BatchNorm1d):
-    """BatchNorm over the feature dimension of (B, T, F) input, computed on real tokens only."""
+def token_positions(mask: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """Flat (B * T) positions of the real tokens, row by row; each row's real tokens come first.
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
-        out = torch.zeros_like(x)
-        out[mask] = super().forward(x[mask])
-        return out
+    Selecting them with `mask` would make the host wait for the GPU (the count depends on the data);
+    with the sentence lengths on the host the count is known there and the positions are computed on
+    the device. Without `lengths` they are read from the device."""
+    if lengths is None:
+        return mask.reshape(-1).nonzero().squeeze(1)
+    t = mask.shape[1]
+    counts = mask.sum(1)
+    total = int(lengths.sum())
+    row = torch.repeat_interleave(torch.arange(len(counts), device=mask.device), counts, output_size=total)
+    first = torch.cumsum(counts, 0) - counts
+    return row * t + torch.arange(total, device=mask.device) - first[row]
+
+
+class MaskedBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the feature dimension of (B, T, F) input, computed on real tokens only; padded
+    positions come out as 0. `tokens`: token_positions(mask, ...), computed once per forward."""
+
+    def forward(self, x: Tensor, mask: Tensor, tokens: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        b, t, f = x.shape
+        tokens = token_positions(mask) if tokens is None else tokens
+        rows = super().forward(x.reshape(b * t, f).index_select(0, tokens))
+        return x.new_zeros(b * t, f).index_copy(0, tokens, rows.to(x.dtype)).view(b, t, f)
 
 
 class CharCNN(nn.Module):
@@ -42,7 +60,7 @@ class CharCNN(nn.Module):
         self.embedding = nn.Embedding(num_chars, char_dim, padding_idx=0)
         self.conv = nn.Conv1d(char_dim, out_dim, kernel_size=3, padding=1)
 
-    def forward(self, chars: Tensor) -> Tensor:  # (N, L) -> (N, out)
+    def forward(self, chars: Tensor, lengths: Tensor | None = None) -> Tensor:  # (N, L) -> (N, out)
         h = self.conv(self.embedding(chars).transpose(1, 2))  # (N, out, L)
         h = h.masked_fill((chars == 0)[:, None, :], float("-inf"))
         return h.amax(dim=2)
@@ -54,11 +72,21 @@ class CharLSTM(nn.Module):
         self.embedding = nn.Embedding(num_chars, char_dim, padding_idx=0)
         self.lstm = nn.LSTM(char_dim, out_dim // 2, batch_first=True, bidirectional=True)
 
-    def forward(self, chars: Tensor) -> Tensor:
-        lengths = (chars != 0).sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(self.embedding(chars), lengths, batch_first=True, enforce_sorted=False)
+    def forward(self, chars: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """`lengths`: the rows' character counts on the host (the tagging task's batches carry them).
+        Packing needs them there; without them they are read from the device, which waits for it."""
+        on_device = (chars != 0).sum(1)
+        if lengths is None:
+            lengths = on_device.cpu()
+        # The same stable sort of the same counts on both sides orders the rows longest first without
+        # copying an order from host to device (as pack_padded_sequence's own sorting would).
+        order = torch.sort(on_device, descending=True, stable=True).indices
+        ordered_lengths = torch.sort(lengths, descending=True, stable=True).values.clamp(min=1)
+        packed = pack_padded_sequence(self.embedding(chars.index_select(0, order)), ordered_lengths,
+                                      batch_first=True)
         _, (h, _) = self.lstm(packed)
-        return torch.cat([h[0], h[1]], dim=1)
+        states = torch.cat([h[0], h[1]], dim=1)
+        return torch.empty_like(states).index_copy(0, order, states)
 
 
 class BiLSTMTagger(nn.Module):
@@ -86,34 +114,42 @@ class BiLSTMTagger(nn.Module):
         self.output = nn.Linear(2 * hidden, num_tags)
         self.crf = CRF(num_tags) if crf else None
 
-    def _regularize(self, layer: int, h: Tensor, mask: Tensor) -> Tensor:
+    def _regularize(self, layer: int, h: Tensor, mask: Tensor, tokens: Tensor) -> Tensor:
         key = str(layer)
         if key in self.norms:
-            h = self.norms[key](h, mask)
+            h = self.norms[key](h, mask, tokens)
         if key in self.dropouts:
             h = self.dropouts[key](h)
         return h
 
-    def forward(self, words: Tensor, chars: Tensor, case: Tensor, mask: Tensor) -> Tensor:
-        """Emission scores (B, T, num_tags) for padded word ids (B, T), char ids (B, T, L), case ids (B, T)."""
+    def forward(self, words: Tensor, chars: Tensor, case: Tensor, mask: Tensor, lengths: Tensor | None = None,
+                char_lengths: Tensor | None = None) -> Tensor:
+        """Emission scores (B, T, num_tags) for padded word ids (B, T), char ids (B, T, L), case ids (B, T).
+
+        `lengths` (B,) and `char_lengths` (B, T) are the sentence and word lengths on the host, with the
+        sentences longest first, as the tagging task's batches carry them: then nothing in a step waits
+        for the device. Without them they are read from the device (any order)."""
         parts = [self.word_embedding(words)]
         if self.case_embedding is not None:
             parts.append(self.case_embedding(case))
+        tokens = token_positions(mask, lengths)
         if self.char_encoder is not None:
-            char_features = parts[0].new_zeros(*words.shape, self._char_out())
-            char_features[mask] = self.char_encoder(chars[mask]).to(char_features.dtype)
-            parts.append(char_features)
-        h = self._regularize(1, torch.cat(parts, dim=-1), mask)
-        lengths = mask.sum(1).cpu()
+            b, t, width = chars.shape
+            real_lengths = None
+            if char_lengths is not None and lengths is not None:  # the real tokens' word lengths, on the host
+                real_lengths = char_lengths[torch.arange(t) < lengths[:, None]]
+            features = self.char_encoder(chars.reshape(b * t, width).index_select(0, tokens), real_lengths)
+            parts.append(parts[0].new_zeros(b * t, features.shape[1]).index_copy(
+                0, tokens, features.to(parts[0].dtype)).view(b, t, -1))
+        h = self._regularize(1, torch.cat(parts, dim=-1), mask, tokens)
+        longest_first = lengths is not None
+        if lengths is None:
+            lengths = mask.sum(1).cpu()
         for i, lstm in enumerate(self.lstms, start=2):
-            packed = pack_padded_sequence(h, lengths, batch_first=True, enforce_sorted=False)
+            packed = pack_padded_sequence(h, lengths, batch_first=True, enforce_sorted=longest_first)
             h, _ = pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=words.shape[1])
-            h = self._regularize(i, h, mask)
+            h = self._regularize(i, h, mask, tokens)
         return self.output(h)
-
-    def _char_out(self) -> int:
-        enc = self.char_encoder
-        return enc.conv.out_channels if isinstance(enc, CharCNN) else 2 * enc.lstm.hidden_size
 
     def loss(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
         """Mean loss per real token: CRF negative log-likelihood, or cross-entropy without a CRF."""

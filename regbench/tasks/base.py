@@ -26,6 +26,8 @@ class Task(ABC):
     primary_metric: ClassVar[str]          # a key of evaluate()'s result, e.g. "accuracy"
     higher_is_better: ClassVar[bool] = True
     models: ClassVar[tuple[str, ...]]      # the model names that fit this task's inputs and outputs
+    # Batch entries that live on the host by design (e.g. lengths for packing); the rest is on the device.
+    host_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         self.cfg = cfg

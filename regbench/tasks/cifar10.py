@@ -100,7 +100,7 @@ class Cifar10Task(Task):
         images, labels = self.splits["train"]
         aug = self.cfg.data.augment
         bs = self.cfg.trainer.batch_size
-        perm = torch.randperm(len(labels), generator=generator).to(self.device)
+        perm = torch.randperm(len(labels), generator=generator, device=generator.device)
         for b in range(self.num_train_batches()):
             idx = perm[b * bs:(b + 1) * bs]
             x = images[idx].float().div_(255.0)
@@ -123,7 +123,7 @@ class Cifar10Task(Task):
         logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
         return loss, {"loss_sum": loss.detach() * len(y), "correct": (logits.argmax(1) == y).sum(),
-                      "count": torch.tensor(len(y), device=y.device)}
+                      "count": torch.full((), len(y), device=y.device)}
 
     def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"]}

@@ -12,8 +12,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _uniform(n: int, gen: torch.Generator, device: torch.device) -> Tensor:
-    return torch.rand(n, generator=gen).to(device, non_blocking=True)
+# Random numbers are drawn on the generator's device (the run's device): a draw on the host followed by
+# a copy would make the host wait for the GPU in every step.
+def _uniform(n: int, gen: torch.Generator) -> Tensor:
+    return torch.rand(n, generator=gen, device=gen.device)
+
+
+def _integers(high: int, n: int, gen: torch.Generator) -> Tensor:
+    return torch.randint(0, high, (n,), generator=gen, device=gen.device)
 
 
 def random_crop(x: Tensor, padding: int, gen: torch.Generator) -> Tensor:
@@ -21,8 +27,8 @@ def random_crop(x: Tensor, padding: int, gen: torch.Generator) -> Tensor:
     b, c, h, w = x.shape
     dev = x.device
     padded = F.pad(x, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(dev)
-    dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(dev)
+    dy = _integers(2 * padding + 1, b, gen)
+    dx = _integers(2 * padding + 1, b, gen)
     rows = dy[:, None] + torch.arange(h, device=dev)
     cols = dx[:, None] + torch.arange(w, device=dev)
     return padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
@@ -30,7 +36,7 @@ def random_crop(x: Tensor, padding: int, gen: torch.Generator) -> Tensor:
 
 
 def random_hflip(x: Tensor, gen: torch.Generator) -> Tensor:
-    flip = _uniform(x.shape[0], gen, x.device) < 0.5
+    flip = _uniform(x.shape[0], gen) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
@@ -39,7 +45,7 @@ def color_jitter(x: Tensor, strength: float, gen: torch.Generator) -> Tensor:
     b = x.shape[0]
 
     def factor() -> Tensor:
-        return (1 + (2 * _uniform(b, gen, x.device) - 1) * strength)[:, None, None, None]
+        return (1 + (2 * _uniform(b, gen) - 1) * strength)[:, None, None, None]
 
     x = x * factor()
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -50,7 +56,7 @@ def color_jitter(x: Tensor, strength: float, gen: torch.Generator) -> Tensor:
 
 
 def random_rotation(x: Tensor, max_degrees: float, gen: torch.Generator) -> Tensor:
-    angle = (2 * _uniform(x.shape[0], gen, x.device) - 1) * (max_degrees * math.pi / 180)
+    angle = (2 * _uniform(x.shape[0], gen) - 1) * (max_degrees * math.pi / 180)
     cos, sin = torch.cos(angle), torch.sin(angle)
     zero = torch.zeros_like(cos)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
@@ -62,8 +68,8 @@ def cutout(x: Tensor, size: int, gen: torch.Generator) -> Tensor:
     """Zero a size x size square (clipped at the border) centred at a random pixel of each example."""
     b, _, h, w = x.shape
     dev = x.device
-    cy = torch.randint(0, h, (b,), generator=gen).to(dev)
-    cx = torch.randint(0, w, (b,), generator=gen).to(dev)
+    cy = _integers(h, b, gen)
+    cx = _integers(w, b, gen)
     ys = torch.arange(h, device=dev)[None, :]
     xs = torch.arange(w, device=dev)[None, :]
     half = size // 2

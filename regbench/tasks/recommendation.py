@@ -94,6 +94,9 @@ class MovieLensTask(Task):
         self.item_counts = torch.bincount(train_items, minlength=self.n_items).float()
         self.log_q = torch.log(self.item_counts.clamp(min=1) / self.item_counts.sum())  # in-batch sampling odds
         self.train_keys = torch.sort(train_users * self.n_items + train_items).values
+        # Negative sampling stops redrawing once no negative is a training item. Knowing that needs a
+        # host read, which on a GPU stalls every step for longer than the remaining rounds take.
+        self.stop_sampling_early = device.type == "cpu"
         self.topk: tuple[Tensor, Tensor, Tensor] | None = None
 
     # -- features ------------------------------------------------------------------------------
@@ -143,18 +146,18 @@ class MovieLensTask(Task):
     def _negatives(self, users: Tensor, n: int, generator: torch.Generator) -> Tensor:
         """Uniform items the user has not interacted with in train (redrawn up to 10 times, as RecBole)."""
         users = users[:, None].expand(-1, n)
-        neg = torch.randint(self.n_items, users.shape, generator=generator).to(self.device)
+        neg = torch.randint(self.n_items, users.shape, generator=generator, device=generator.device)
         for _ in range(NEGATIVE_RESAMPLE_ROUNDS):
             seen = self._in_train(users * self.n_items + neg)
-            if not seen.any():
+            if self.stop_sampling_early and not seen.any():
                 break
-            fresh = torch.randint(self.n_items, users.shape, generator=generator).to(self.device)
+            fresh = torch.randint(self.n_items, users.shape, generator=generator, device=generator.device)
             neg = torch.where(seen, fresh, neg)
         return neg
 
     def train_batches(self, generator: torch.Generator) -> Iterator[dict[str, Tensor]]:
         users, items = self.pairs["train"]
-        order = torch.randperm(len(users), generator=generator).to(self.device)
+        order = torch.randperm(len(users), generator=generator, device=generator.device)
         bs = self.cfg.trainer.batch_size
         m = self.cfg.model
         n_neg = m.num_negatives if m.get("negatives", "uniform") == "uniform" else 0
@@ -185,7 +188,7 @@ class MovieLensTask(Task):
             else:
                 logits = torch.cat([pos_s[:, None], neg_s], dim=1).float()
                 loss = nn.functional.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=pos.device))
-        n = torch.tensor(float(len(pos)), device=pos.device)
+        n = torch.full((), float(len(pos)), device=pos.device)
         return loss, {"loss_sum": loss.detach() * n, "count": n}
 
     def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """Sequence tagging on CoNLL-format corpora (NER, chunking, any tag set) with the BiLSTM tagger.
 
-Sentences are pre-encoded once; training batches group sentences of similar length (shuffle, then
-sort within chunks of 50 batches, then shuffle the batches) and the model packs them, so padding
-costs little. Scoring is conlleval's (regbench.metrics)."""
+Sentences are encoded once and kept on the run's device (DeviceSplit), so a batch is built there with
+no host-to-device copy. Training batches group sentences of similar length (shuffle, then sort within
+chunks of 50 batches, then shuffle the batches) and the model packs them, so padding costs little.
+Scoring is conlleval's (regbench.metrics)."""
 from __future__ import annotations
 
 import math
@@ -89,27 +90,74 @@ class Vocabulary:
             tags=np.array([self.tags.get(t, fallback) for t in sentence.tags]))
 
 
-def collate(items: list[Encoded], device: torch.device) -> dict[str, Tensor]:
-    b, t = len(items), max(len(e.words) for e in items)
-    length = max(e.chars.shape[1] for e in items)
-    words = np.zeros((b, t), np.int64)
-    case = np.zeros((b, t), np.int64)
-    tags = np.zeros((b, t), np.int64)
-    chars = np.zeros((b, t, length), np.int64)
-    for i, e in enumerate(items):
-        n = len(e.words)
-        words[i, :n], case[i, :n], tags[i, :n] = e.words, e.case, e.tags
-        chars[i, :n, : e.chars.shape[1]] = e.chars
-    out = {k: torch.from_numpy(v).to(device, non_blocking=True)
-           for k, v in (("words", words), ("case", case), ("tags", tags), ("chars", chars))}
-    out["mask"] = out["words"] != PAD
-    return out
+class DeviceSplit:
+    """One split's encoded sentences as flat tensors on the run's device, so that a batch is a few
+    gathers there: no per-batch collation on the host and no host-to-device copy per step (a blocking
+    copy that makes the host wait for the GPU). Sentence and word lengths stay on the host as well:
+    sizing a batch and packing the LSTM's input need them there."""
+
+    def __init__(self, encoded: list[Encoded], device: torch.device) -> None:
+        self.device = device
+        self.lengths = np.array([len(e.words) for e in encoded], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        word_lengths = [(e.chars != PAD).sum(1) for e in encoded]
+        self.word_lengths = np.concatenate(word_lengths).astype(np.int64)  # characters of every token
+        self.longest_word = np.array([int(n.max()) for n in word_lengths], dtype=np.int64)
+        char_starts = np.concatenate([[0], np.cumsum(self.word_lengths)[:-1]]).astype(np.int64)
+
+        def on_device(values: np.ndarray) -> Tensor:
+            return torch.from_numpy(np.ascontiguousarray(values)).to(device)
+
+        self.words = on_device(np.concatenate([e.words for e in encoded]).astype(np.int64))
+        self.case = on_device(np.concatenate([e.case for e in encoded]).astype(np.int64))
+        self.tags = on_device(np.concatenate([e.tags for e in encoded]).astype(np.int64))
+        # Characters back to back (no padding to the longest word in the corpus, which one long URL
+        # would blow up), found through each token's start and length.
+        self.chars = on_device(np.concatenate([e.chars[e.chars != PAD] for e in encoded]).astype(np.int64))
+        self.char_starts, self.char_counts = on_device(char_starts), on_device(self.word_lengths)
+        self.sentence_starts, self.sentence_lengths = on_device(self.starts), on_device(self.lengths)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def longest_first(self, rows: np.ndarray) -> np.ndarray:
+        """The model packs a batch fastest (no reordering on the device) with its sentences longest first."""
+        return rows[np.argsort(-self.lengths[rows], kind="stable")]
+
+    def plan(self, batches: list[np.ndarray]) -> tuple[list[np.ndarray], Tensor]:
+        """Each batch's rows longest first, and all of them on the device in one copy (one per epoch)."""
+        ordered = [self.longest_first(rows) for rows in batches]
+        flat = np.concatenate(ordered) if ordered else np.zeros(0, np.int64)
+        return ordered, torch.from_numpy(flat.astype(np.int64)).to(self.device)
+
+    def batch(self, rows: np.ndarray, device_rows: Tensor) -> dict[str, Tensor]:
+        """Sentences `rows` (longest first; `device_rows` is the same on the device) padded into one batch."""
+        t = int(self.lengths[rows].max())
+        width = max(1, int(self.longest_word[rows].max()))
+        steps = torch.arange(t, device=self.device)
+        mask = steps < self.sentence_lengths[device_rows][:, None]
+        token = torch.where(mask, self.sentence_starts[device_rows][:, None] + steps, 0)  # into the flat arrays
+        letters = torch.arange(width, device=self.device)
+        in_word = (letters < self.char_counts[token][..., None]) & mask[..., None]
+        char_at = torch.where(in_word, self.char_starts[token][..., None] + letters, 0)
+        # The same lengths on the host, for packing: a gather over a few hundred integers.
+        host_steps = np.arange(t)
+        host_mask = host_steps < self.lengths[rows][:, None]
+        host_token = np.where(host_mask, self.starts[rows][:, None] + host_steps, 0)
+        return {"words": self.words[token].masked_fill(~mask, PAD),
+                "chars": self.chars[char_at].masked_fill(~in_word, PAD),
+                "case": self.case[token].masked_fill(~mask, PAD), "tags": self.tags[token].masked_fill(~mask, PAD),
+                "mask": mask, "lengths": torch.from_numpy(self.lengths[rows]),
+                "char_lengths": torch.from_numpy(np.where(host_mask, self.word_lengths[host_token], 0))}
+
+
+MODEL_INPUTS = ("words", "chars", "case", "mask", "lengths", "char_lengths")
 
 
 def replace_singletons(words: Tensor, singleton_ids: Tensor, p: float, generator: torch.Generator) -> Tensor:
     """Lample et al. (2016): swap each training word seen only once for UNK with probability p, so the
     UNK embedding is trained and unseen test words do not all land on an untrained random vector."""
-    draw = torch.rand(words.shape, generator=generator).to(words.device)
+    draw = torch.rand(words.shape, generator=generator, device=generator.device)
     return words.masked_fill(singleton_ids[words] & (draw < p), UNK)
 
 
@@ -117,6 +165,7 @@ class TaggingTask(Task):
     """Shared by conll2003, conll2000 and conll: they differ only in where their files are."""
 
     models: ClassVar[tuple[str, ...]] = ("bilstm",)
+    host_keys: ClassVar[tuple[str, ...]] = ("lengths", "char_lengths")
     primary_metric = "f1"
 
     @classmethod
@@ -156,10 +205,11 @@ class TaggingTask(Task):
         span = metrics.is_span_tagset(tagset) if dcfg.metric == "auto" else dcfg.metric == "span"
         self.primary_metric = "f1" if span else "accuracy"
         self.span = span
-        self.encoded = {split: [self.vocab.encode(s, f"{self.paths.get(split, split)} sentence {i + 1}",
-                                                  dcfg.unseen_tags)
-                                for i, s in enumerate(sents)] for split, sents in splits.items()}
+        encoded = {split: [self.vocab.encode(s, f"{self.paths.get(split, split)} sentence {i + 1}",
+                                             dcfg.unseen_tags)
+                           for i, s in enumerate(sents)] for split, sents in splits.items()}
         self.train_eval_size = min(dcfg.train_eval_size, len(splits["train"]))
+        self.on_device = {split: DeviceSplit(items, device) for split, items in encoded.items()}
         self.singleton_unk = float(cfg.model.get("singleton_unk", 0.0))
         self.singleton_ids = torch.from_numpy(self.vocab.singleton_ids).to(device)
         self.predictions: dict[str, list[list[str]]] = {}
@@ -175,25 +225,32 @@ class TaggingTask(Task):
         return model
 
     def num_train_batches(self) -> int:
-        return math.ceil(len(self.encoded["train"]) / self.cfg.trainer.batch_size)
+        return math.ceil(len(self.on_device["train"]) / self.cfg.trainer.batch_size)
 
     def train_batches(self, generator: torch.Generator) -> Iterator[dict[str, Tensor]]:
-        items = self.encoded["train"]
+        split = self.on_device["train"]
         bs = self.cfg.trainer.batch_size
-        order = torch.randperm(len(items), generator=generator).tolist()
+        # The epoch's order is drawn on the run's device and read once; batches hold sentences of
+        # similar length (sorted within chunks of SORT_CHUNK_BATCHES batches), in a random order.
+        order = torch.randperm(len(split), generator=generator, device=generator.device).cpu().numpy()
         batches = []
         chunk = bs * SORT_CHUNK_BATCHES
         for start in range(0, len(order), chunk):
-            part = sorted(order[start:start + chunk], key=lambda i: len(items[i].words))
+            part = order[start:start + chunk]
+            part = part[np.argsort(split.lengths[part], kind="stable")]
             batches += [part[i:i + bs] for i in range(0, len(part), bs)]
-        for b in torch.randperm(len(batches), generator=generator).tolist():
-            batch = collate([items[i] for i in batches[b]], self.device)
+        shuffled = torch.randperm(len(batches), generator=generator, device=generator.device).cpu().numpy()
+        ordered, device_rows = split.plan([batches[b] for b in shuffled])
+        offset = 0
+        for rows in ordered:
+            batch = split.batch(rows, device_rows[offset:offset + len(rows)])
+            offset += len(rows)
             if self.singleton_unk > 0:
                 batch["words"] = replace_singletons(batch["words"], self.singleton_ids, self.singleton_unk, generator)
             yield batch
 
     def training_step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        emissions = model(batch["words"], batch["chars"], batch["case"], batch["mask"])
+        emissions = model(*(batch[k] for k in MODEL_INPUTS))
         loss = model.loss(emissions, batch["tags"], batch["mask"])
         mask = batch["mask"]
         n_tokens = mask.sum()
@@ -207,28 +264,28 @@ class TaggingTask(Task):
         return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"]}
 
     def evaluate(self, model: nn.Module, split: str) -> dict[str, Any]:
-        items = self.encoded[split]
-        if split == "train":
-            items = items[: self.train_eval_size]
-        gold_sents = self.sentences[split][: len(items)]
-        order = sorted(range(len(items)), key=lambda i: len(items[i].words))
-        predicted: list[list[str]] = [[] for _ in items]
-        loss_sum = torch.zeros((), device=self.device)
-        n_tokens = 0
+        data = self.on_device[split]
+        n = self.train_eval_size if split == "train" else len(data)
+        gold = [s.tags for s in self.sentences[split][:n]]
+        order = data.longest_first(np.arange(n))
         bs = self.cfg.trainer.eval_batch_size
-        for start in range(0, len(order), bs):
-            idx = order[start:start + bs]
-            batch = collate([items[i] for i in idx], self.device)
-            emissions = model(batch["words"], batch["chars"], batch["case"], batch["mask"])
-            n = int(batch["mask"].sum())
-            loss_sum += model.loss(emissions, batch["tags"], batch["mask"]) * n
-            n_tokens += n
-            best = model.decode(emissions, batch["mask"]).cpu().numpy()
-            for row, i in enumerate(idx):
-                predicted[i] = [self.vocab.tag_names[t] for t in best[row, : len(items[i].words)]]
-        gold = [s.tags for s in gold_sents]
+        ordered, device_rows = data.plan([order[i:i + bs] for i in range(0, n, bs)])
+        loss_sum = torch.zeros((), device=self.device)
+        decoded = []
+        offset = 0
+        for rows in ordered:  # everything stays on the device until the whole split is decoded
+            batch = data.batch(rows, device_rows[offset:offset + len(rows)])
+            offset += len(rows)
+            emissions = model(*(batch[k] for k in MODEL_INPUTS))
+            loss_sum += model.loss(emissions, batch["tags"], batch["mask"]) * batch["mask"].sum()
+            decoded.append(model.decode(emissions, batch["mask"]))
+        predicted: list[list[str]] = [[] for _ in range(n)]
+        for rows, best in zip(ordered, decoded):
+            best = best.cpu().numpy()
+            for row, i in enumerate(rows):
+                predicted[i] = [self.vocab.tag_names[t] for t in best[row, : data.lengths[i]]]
         self.predictions[split] = predicted
-        result: dict[str, Any] = {"loss": loss_sum.item() / max(1, n_tokens)}
+        result: dict[str, Any] = {"loss": loss_sum.item() / max(1, int(data.lengths[:n].sum()))}
         if self.span:
             scores = metrics.span_scores(gold, predicted)
             result.update({k: scores[k] for k in ("f1", "precision", "recall", "accuracy")})
@@ -239,10 +296,11 @@ class TaggingTask(Task):
         return result
 
     def example_input(self) -> tuple[Tensor, ...]:
-        items = self.encoded["train"]
-        median = sorted(items, key=lambda e: len(e.words))[len(items) // 2]
-        batch = collate([median], self.device)
-        return batch["words"], batch["chars"], batch["case"], batch["mask"]
+        data = self.on_device["train"]
+        median = np.argsort(data.lengths, kind="stable")[len(data) // 2: len(data) // 2 + 1]
+        _, device_rows = data.plan([median])
+        batch = data.batch(median, device_rows)
+        return tuple(batch[k] for k in MODEL_INPUTS)
 
     def write_outputs(self, run_dir: Path) -> None:
         """test_predictions.txt in conlleval's input format: `token gold predicted`, blank line between sentences."""
