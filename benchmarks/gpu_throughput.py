@@ -41,6 +41,11 @@ def matrix_rate(device: torch.device, n: int, repeats: int) -> float:
     return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
 
 
+def significant(x: float, digits: int = 3) -> float:
+    """x to `digits` significant figures: a tiny CPU rate must not round to 0."""
+    return float(f"{x:.{digits}g}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=40)
@@ -71,9 +76,9 @@ def main() -> None:
     to_target = float(history["train_time_s"][: reached[0] + 1].sum()) if len(reached) else None
     result = {
         "device": record["device"], "precision": record["precision"], "torch": torch.__version__,
-        "matrix_rate_tflops": round(rate / 1e12, 2), "batch_size": opts.batch_size, "epochs": int(len(history)),
+        "matrix_rate_tflops": significant(rate / 1e12), "batch_size": opts.batch_size, "epochs": int(len(history)),
         "seconds_per_epoch_median": round(epoch_s, 3), "images_per_s": round(n_train / epoch_s, 1),
-        "achieved_tflops": round(achieved / 1e12, 2), "utilisation_of_matrix_rate": round(achieved / rate, 3),
+        "achieved_tflops": significant(achieved / 1e12), "utilisation_of_matrix_rate": significant(achieved / rate),
         "compile_time_s": record["compile_time_s"], "target_val_accuracy": opts.target,
         "train_seconds_to_target": None if to_target is None else round(to_target, 1),
         "epoch_reaching_target": None if not len(reached) else int(history["epoch"][reached[0]]),
