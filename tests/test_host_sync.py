@@ -116,7 +116,7 @@ def calls_during_epoch(cfg, tmp_path: Path, steps: int, as_on_a_gpu: dict | None
 
     def batches(gen):
         for batch in itertools.islice(full(gen), steps):
-            detector.mark_on_host(batch[k] for k in task.host_keys)
+            detector.mark_on_host(batch[k] for k in getattr(task, "host_keys", ()))
             yield batch
 
     task.train_batches = batches
