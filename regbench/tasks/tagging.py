@@ -124,13 +124,18 @@ class DeviceSplit:
         """The model packs a batch fastest (no reordering on the device) with its sentences longest first."""
         return rows[np.argsort(-self.lengths[rows], kind="stable")]
 
-    def plan(self, batches: list[np.ndarray]) -> tuple[list[np.ndarray], Tensor]:
-        """Each batch's rows longest first, and all of them on the device in one copy (one per epoch)."""
-        ordered = [self.longest_first(rows) for rows in batches]
+    def batches(self, groups: list[np.ndarray]) -> Iterator[tuple[np.ndarray, dict[str, Tensor]]]:
+        """(rows, batch) for each group of sentence indices, its rows longest first. The indices of all
+        groups go to the device in one copy (one per epoch), not one per batch."""
+        ordered = [self.longest_first(rows) for rows in groups]
         flat = np.concatenate(ordered) if ordered else np.zeros(0, np.int64)
-        return ordered, torch.from_numpy(flat.astype(np.int64)).to(self.device)
+        device_rows = torch.from_numpy(flat.astype(np.int64)).to(self.device)
+        offset = 0
+        for rows in ordered:
+            yield rows, self._batch(rows, device_rows[offset:offset + len(rows)])
+            offset += len(rows)
 
-    def batch(self, rows: np.ndarray, device_rows: Tensor) -> dict[str, Tensor]:
+    def _batch(self, rows: np.ndarray, device_rows: Tensor) -> dict[str, Tensor]:
         """Sentences `rows` (longest first; `device_rows` is the same on the device) padded into one batch."""
         t = int(self.lengths[rows].max())
         width = max(1, int(self.longest_word[rows].max()))
@@ -240,11 +245,7 @@ class TaggingTask(Task):
             part = part[np.argsort(split.lengths[part], kind="stable")]
             batches += [part[i:i + bs] for i in range(0, len(part), bs)]
         shuffled = torch.randperm(len(batches), generator=generator, device=generator.device).cpu().numpy()
-        ordered, device_rows = split.plan([batches[b] for b in shuffled])
-        offset = 0
-        for rows in ordered:
-            batch = split.batch(rows, device_rows[offset:offset + len(rows)])
-            offset += len(rows)
+        for _, batch in split.batches([batches[b] for b in shuffled]):
             if self.singleton_unk > 0:
                 batch["words"] = replace_singletons(batch["words"], self.singleton_ids, self.singleton_unk, generator)
             yield batch
@@ -269,18 +270,15 @@ class TaggingTask(Task):
         gold = [s.tags for s in self.sentences[split][:n]]
         order = data.longest_first(np.arange(n))
         bs = self.cfg.trainer.eval_batch_size
-        ordered, device_rows = data.plan([order[i:i + bs] for i in range(0, n, bs)])
         loss_sum = torch.zeros((), device=self.device)
         decoded = []
-        offset = 0
-        for rows in ordered:  # everything stays on the device until the whole split is decoded
-            batch = data.batch(rows, device_rows[offset:offset + len(rows)])
-            offset += len(rows)
+        for rows, batch in data.batches([order[i:i + bs] for i in range(0, n, bs)]):
+            # everything stays on the device until the whole split is decoded
             emissions = model(*(batch[k] for k in MODEL_INPUTS))
             loss_sum += model.loss(emissions, batch["tags"], batch["mask"]) * batch["mask"].sum()
-            decoded.append(model.decode(emissions, batch["mask"]))
+            decoded.append((rows, model.decode(emissions, batch["mask"])))
         predicted: list[list[str]] = [[] for _ in range(n)]
-        for rows, best in zip(ordered, decoded):
+        for rows, best in decoded:
             best = best.cpu().numpy()
             for row, i in enumerate(rows):
                 predicted[i] = [self.vocab.tag_names[t] for t in best[row, : data.lengths[i]]]
@@ -298,8 +296,7 @@ class TaggingTask(Task):
     def example_input(self) -> tuple[Tensor, ...]:
         data = self.on_device["train"]
         median = np.argsort(data.lengths, kind="stable")[len(data) // 2: len(data) // 2 + 1]
-        _, device_rows = data.plan([median])
-        batch = data.batch(median, device_rows)
+        _, batch = next(data.batches([median]))
         return tuple(batch[k] for k in MODEL_INPUTS)
 
     def write_outputs(self, run_dir: Path) -> None:
