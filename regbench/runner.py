@@ -362,14 +362,17 @@ class Run:
         def step(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             return task.training_step(model, batch)
 
-        if tcfg.compile:  # the whole step (forward and loss), as tasks call model methods besides forward;
+        compiling = bool(tcfg.compile) and not self.ranks.active
+        if tcfg.compile and self.ranks.active:
+            log.warning("trainer.compile is not applied under torchrun: the step runs eagerly")
+        if compiling:  # the whole step (forward and loss), as tasks call model methods besides forward;
             step = torch.compile(step)  # evaluation stays eager, on the same parameters
         return _Loop(task=task, model=model, optimizer=optimizer, decoupled_wd=decoupled_wd,
                      scheduler=build_scheduler(cfg, optimizer, steps_per_epoch, steps_per_epoch * tcfg.max_epochs),
                      autocast=autocast, generator=generator, device=device, steps_per_epoch=steps_per_epoch,
                      show_progress=tcfg.progress and sys.stderr.isatty() and self.ranks.is_main, gradients=monitor,
                      step=distributed.wrap(task, model, device) if self.ranks.active else step,
-                     compiling=bool(tcfg.compile))
+                     compiling=compiling)
 
     def _fit(self, task: Task, model: nn.Module, device: torch.device, generator: torch.Generator,
              autocast: torch.autocast) -> dict[str, torch.Tensor] | None:
