@@ -63,6 +63,15 @@ def versions() -> dict[str, Any]:
             "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None}
 
 
+def evaluate(task: Task, model: nn.Module, split: str) -> dict[str, Any]:
+    """The task's metrics of `model` on `split`, in eval mode and always in fp32, whatever the training
+    precision: under bf16 autocast scores land on a grid of 256 values per octave, which ties rankings
+    (MovieLens top-K) and argmaxes, so a GPU run's metrics would not be comparable with a CPU run's."""
+    model.eval()
+    with torch.no_grad(), torch.autocast(task.device.type, enabled=False):
+        return task.evaluate(model, split)
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -281,6 +290,8 @@ class Run:
         generator = seed_everything(cfg.seed, device)
 
         task = TASKS[cfg.task.name](cfg, device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = task.fixed_input_shapes
         self.record["primary_metric"] = metric = task.primary_metric
         self.record["higher_is_better"] = task.higher_is_better
         self.record["data"] = task.data_summary()
@@ -303,11 +314,9 @@ class Run:
             return
         if best_state is not None:
             model.load_state_dict(best_state)
-            model.eval()
             t1 = time.perf_counter()
-            with torch.no_grad(), autocast:
-                self.record["test"] = task.evaluate(model, "test")
-                self.record["train"] = task.evaluate(model, "train")
+            self.record["test"] = evaluate(task, model, "test")
+            self.record["train"] = evaluate(task, model, "train")
             self.record["eval_time_s"] = round(self.record["eval_time_s"] + time.perf_counter() - t1, 3)
             self.record["gap"] = self.record["train"][metric] - self.record["test"][metric]
             task.write_outputs(self.run_dir)
@@ -342,10 +351,8 @@ class Run:
         }
 
     def _score_untrained(self, task: Task, model: nn.Module) -> dict[str, torch.Tensor]:
-        model.eval()
         t1 = time.perf_counter()
-        with torch.no_grad():
-            self.record["val"] = task.evaluate(model, "val")
+        self.record["val"] = evaluate(task, model, "val")
         self.record["eval_time_s"] = round(self.record["eval_time_s"] + time.perf_counter() - t1, 3)
         self.record["best_epoch"] = 0
         return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -404,10 +411,7 @@ class Run:
 
             t1 = time.perf_counter()
             model.eval()
-            val = None
-            if self.ranks.is_main:
-                with torch.no_grad(), loop.autocast:
-                    val = task.evaluate(model, "val")
+            val = evaluate(task, model, "val") if self.ranks.is_main else None
             val = distributed.broadcast(val, self.ranks)  # every rank takes the same best/stop decisions
             eval_time = time.perf_counter() - t1
             self.record["eval_time_s"] = round(self.record["eval_time_s"] + eval_time, 3)
