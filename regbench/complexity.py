@@ -67,11 +67,19 @@ def forward_flops(model: nn.Module, example: Tensor | tuple[Tensor, ...]) -> int
     return int(counter.get_total_flops()) - int(seen_in_lstm) + lstm_flops[0]
 
 
+def _memory_format(t: Tensor) -> torch.memory_format:
+    """channels_last when `t` is laid out that way (a CIFAR batch on the GPU), else the plain layout."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def repeat_batch(example: Tensor | tuple[Tensor, ...], size: int) -> Tensor | tuple[Tensor, ...]:
-    """A batch of `size` copies of a one-example input (every input tensor has the batch first)."""
+    """A batch of `size` copies of a one-example input (every input tensor has the batch first), in the
+    example's own memory layout: latency must be timed on the layout the run trains and evaluates on."""
     if isinstance(example, tuple):
-        return tuple(t.expand(size, *t.shape[1:]).contiguous() for t in example)
-    return example.expand(size, *example.shape[1:]).contiguous()
+        return tuple(repeat_batch(t, size) for t in example)
+    return example.expand(size, *example.shape[1:]).contiguous(memory_format=_memory_format(example))
 
 
 @torch.no_grad()

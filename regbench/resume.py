@@ -123,7 +123,20 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
                     "the seed, so batches after resuming differ from an uninterrupted run", saved_on,
                     generator.device.type)
     if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, cuda_state in cuda_states_to_restore(state["cuda"], torch.cuda.device_count()):
+            torch.cuda.set_rng_state(cuda_state, index)
+
+
+def cuda_states_to_restore(saved: list, n_devices: int) -> list[tuple[int, Any]]:
+    """(device index, state) pairs to restore from a checkpoint's per-GPU RNG states on a machine with
+    n_devices GPUs. A checkpoint written on a machine with more GPUs than this one has states for devices
+    that do not exist here (restoring them all would crash); one from a machine with fewer leaves the
+    extra devices as seeded. A run draws on its own device (cuda:0, or cuda:LOCAL_RANK under torchrun,
+    which the same-sized job restores), so this loses nothing it uses."""
+    if len(saved) != n_devices:
+        log.warning("the checkpoint holds CUDA RNG states of %d GPUs, this machine has %d: restoring the first %d",
+                    len(saved), n_devices, min(len(saved), n_devices))
+    return list(enumerate(saved[:n_devices]))
 
 
 # -- checkpoints ------------------------------------------------------------------------------------

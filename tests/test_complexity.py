@@ -61,3 +61,16 @@ def test_sizes_and_trainable_parameters():
     model.bias.requires_grad_(False)
     assert complexity.count_parameters(model) == 33 and complexity.count_parameters(model, trainable_only=True) == 30
     assert complexity.state_size_bytes(model) > 33 * 4
+
+
+def test_the_latency_batch_keeps_the_layout_the_run_uses():
+    """On a GPU the CIFAR-10 task feeds channels_last batches: latency must be timed on that layout,
+    not on a contiguous NCHW copy of it."""
+    example = torch.randn(1, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    batch = complexity.repeat_batch(example, 8)
+    assert batch.shape == (8, 3, 32, 32) and batch.is_contiguous(memory_format=torch.channels_last)
+    assert not batch.is_contiguous() and torch.equal(batch[5], example[0])
+    plain = complexity.repeat_batch(example.contiguous(), 8)
+    assert plain.is_contiguous() and torch.equal(plain, batch)
+    words, lengths = complexity.repeat_batch((torch.arange(4)[None], torch.tensor([4])), 3)
+    assert words.shape == (3, 4) and words.is_contiguous() and lengths.tolist() == [4, 4, 4]

@@ -136,3 +136,15 @@ def test_a_data_generator_state_from_another_device_kind_is_not_applied(caplog):
     del old["data_device"]  # a checkpoint written before the key existed came from a CPU generator
     resume.restore_rng(old, here)
     assert torch.equal(here.get_state(), torch.Generator().manual_seed(3).get_state())
+
+
+def test_cuda_rng_states_from_a_machine_with_another_number_of_gpus(caplog):
+    """A checkpoint written on 8 GPUs and resumed on 1 (or the reverse) must not ask for devices that do
+    not exist: the states of the devices both machines have are restored, and a warning says so."""
+    states = [torch.full((4,), i, dtype=torch.uint8) for i in range(8)]
+    assert resume.cuda_states_to_restore(states, 1) == [(0, states[0])]
+    assert "CUDA RNG states of 8 GPUs, this machine has 1" in caplog.text
+    assert resume.cuda_states_to_restore(states[:1], 4) == [(0, states[0])]
+    caplog.clear()
+    assert resume.cuda_states_to_restore(states[:2], 2) == [(0, states[0]), (1, states[1])]
+    assert caplog.text == ""

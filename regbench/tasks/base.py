@@ -28,6 +28,9 @@ class Task(ABC):
     models: ClassVar[tuple[str, ...]]      # the model names that fit this task's inputs and outputs
     # Batch entries that live on the host by design (e.g. lengths for packing); the rest is on the device.
     host_keys: ClassVar[tuple[str, ...]] = ()
+    # Every training batch has the same shapes: cuDNN may time its convolution algorithms once and keep
+    # the fastest (torch.backends.cudnn.benchmark). With shapes that vary it would re-time every new shape.
+    fixed_input_shapes: ClassVar[bool] = False
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         self.cfg = cfg

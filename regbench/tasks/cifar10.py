@@ -35,6 +35,7 @@ class Cifar10Task(Task):
     primary_metric = "accuracy"
     models = ("cnn13",)
     num_classes = 10
+    fixed_input_shapes = True  # every batch is (batch_size, 3, 32, 32): the last partial batch is dropped
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
