@@ -5,17 +5,15 @@ leaves either the old or the new file. results.csv is rebuilt from the runs' met
 under a lock, so jobs finishing at the same moment (or on other nodes) cannot lose rows."""
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from regbench.data.files import write_atomic
+from regbench.data.files import locked, write_atomic
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
@@ -92,17 +90,6 @@ def sweep_rows(sweep_dir: Path) -> Iterator[dict[str, Any]]:
             yield run_row(metrics_file.parent, sweep_dir)
         except (OSError, json.JSONDecodeError):
             continue  # a run being written right now; the next update picks it up
-
-
-@contextmanager
-def locked(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def update_sweep_results(sweep_dir: Path) -> pd.DataFrame:

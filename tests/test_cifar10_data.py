@@ -46,6 +46,54 @@ def test_cache_is_written_once_and_reused(tmp_path):
     assert np.array_equal(first.train_x, second.train_x) and second.source == first.source
 
 
+DECODE_IN_A_PROCESS = """
+import logging, sys
+from pathlib import Path
+from regbench.data import cifar10
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+arrays = cifar10.load(Path(sys.argv[1]), Path(sys.argv[2]), download=False)
+print("checksum", int(arrays.train_x.sum()), int(arrays.test_y.sum()))
+"""
+
+
+@pytest.mark.integration
+def test_runs_that_start_together_decode_once(tmp_path, cli_env):
+    """A grid's runs start at once on one machine: one decodes, the others wait and read its cache."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    make_image_folder(data, train_per_class=150, test_per_class=10)  # a decode long enough to overlap
+    procs = [subprocess.Popen([sys.executable, "-c", DECODE_IN_A_PROCESS, str(data), str(tmp_path / "cache")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env)
+             for _ in range(4)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert sum("decoded" in out for out in outputs) == 1, outputs
+    assert len({out.strip().splitlines()[-1] for out in outputs}) == 1  # every process has the same arrays
+
+
+def test_a_read_only_cache_folder_caches_beside_it_and_is_read_back(tmp_path, monkeypatch):
+    """A read-only data folder (a shared copy) caches into a folder of its own under ~/.cache/regbench,
+    and the next run finds it there."""
+    from regbench.data import files
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    data = tmp_path / "data"
+    make_image_folder(data, train_per_class=2, test_per_class=1)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    unwritable = blocker / "cache"  # cannot be created, even by root
+    first = cifar10.load(data, unwritable, download=False)
+    fallback = files.fallback_cache_dir(unwritable)
+    assert (fallback / cifar10.CACHE_NAME).is_file() and fallback.is_relative_to(tmp_path / "home")
+    for image in (data / "cifar10-jpeg").rglob("*.png"):
+        image.unlink()
+    again = cifar10.load(data, unwritable, download=False)
+    assert np.array_equal(first.train_x, again.train_x)
+    assert files.fallback_cache_dir(tmp_path / "other") != fallback  # another folder's cache never mixes in
+
+
 def test_torchvision_format_is_read(tmp_path, monkeypatch):
     """A cifar-10-batches-py folder in the official pickle layout (tiny, so its md5s cannot match:
     torchvision's integrity check is bypassed here and nowhere else)."""

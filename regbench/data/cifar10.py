@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from regbench.data.files import unsafe_member, writable_cache_dir, write_atomic
+from regbench.data.files import cached_file, locked, unsafe_member, writable_cache_dir, write_atomic
 from regbench.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ TORCHVISION_DIR = "cifar-10-batches-py"
 IMAGEFOLDER_NAMES = ("cifar10-jpeg", "cifar10")
 IMAGEFOLDER_ARCHIVES = ("cifar10-jpeg.tar", "cifar10-jpeg.tar.gz", "cifar10-jpeg.tgz")
 CACHE_NAME = "cifar10-uint8.npz"
+LOCK_NAME = ".cifar10-uint8.lock"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SOURCES = ("auto", "cache", "torchvision", "imagefolder")
 
@@ -58,15 +59,22 @@ def search_dirs(data_dir: Path) -> list[Path]:
 
 
 def load(data_dir: Path, cache_dir: Path, source: str = "auto", download: bool = True) -> Cifar10Arrays:
-    """Load CIFAR-10 as uint8 arrays, decoding at most once per cache dir."""
+    """Load CIFAR-10 as uint8 arrays, decoding at most once per cache dir, even when many runs of a grid
+    start at once on one machine: the first takes a lock and decodes, the others wait and read its cache."""
     data_dir, cache_dir = Path(data_dir), Path(cache_dir)
-    cache_file = cache_dir / CACHE_NAME
-    if source in ("auto", "cache") and cache_file.is_file():
-        return _read_cache(cache_file)
+    cached = cached_file(cache_dir, CACHE_NAME) if source in ("auto", "cache") else None
+    if cached is not None:
+        return _read_cache(cached)
     if source == "cache":
-        raise DataError(f"data.source=cache but {cache_file} does not exist: run once with data.source=auto")
-    arrays = _load_uncached(data_dir, source, download)
-    _write_cache(arrays, writable_cache_dir(cache_dir) / CACHE_NAME)
+        raise DataError(f"data.source=cache but {cache_dir / CACHE_NAME} does not exist: run once with "
+                        "data.source=auto")
+    target = writable_cache_dir(cache_dir)
+    with locked(target / LOCK_NAME):
+        cached = cached_file(cache_dir, CACHE_NAME) if source == "auto" else None
+        if cached is not None:  # another process decoded it while this one waited
+            return _read_cache(cached)
+        arrays = _load_uncached(data_dir, source, download)
+        _write_cache(arrays, target / CACHE_NAME)
     return arrays
 
 

@@ -1,12 +1,15 @@
 """File helpers shared by the loaders and the run record: atomic writes, writable cache dirs."""
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
 import os
 import shutil
 import tempfile
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,8 +20,6 @@ os.umask(_UMASK)      # ... and put it back at once
 
 
 def sha256_of(path: Path) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -71,9 +72,16 @@ def write_atomic(target: Path, write: Callable[[BinaryIO], None]) -> None:
         os.close(dir_fd)
 
 
+def fallback_cache_dir(preferred: Path) -> Path:
+    """Where the cache for `preferred` goes when `preferred` cannot be written (a read-only shared data
+    folder): a folder of its own under ~/.cache/regbench, so caches of different data never mix."""
+    key = hashlib.sha256(str(Path(preferred).expanduser().resolve()).encode("utf-8")).hexdigest()[:16]
+    return Path.home() / ".cache" / "regbench" / key
+
+
 def writable_cache_dir(preferred: Path) -> Path:
-    """`preferred` if we can write there, else ~/.cache/regbench (e.g. a read-only shared data dir)."""
-    for candidate in (preferred, Path.home() / ".cache" / "regbench"):
+    """`preferred` if we can write there, else its fallback_cache_dir (e.g. a read-only shared data dir)."""
+    for candidate in (preferred, fallback_cache_dir(preferred)):
         try:
             candidate.mkdir(parents=True, exist_ok=True)
             probe = candidate / f".write-test-{os.getpid()}"
@@ -84,7 +92,28 @@ def writable_cache_dir(preferred: Path) -> Path:
             return candidate
         except OSError:
             continue
-    raise OSError(f"no writable cache directory: tried {preferred} and ~/.cache/regbench; set paths.cache_dir")
+    raise OSError(f"no writable cache directory: tried {preferred} and {fallback_cache_dir(preferred)}; "
+                  "set paths.cache_dir")
+
+
+def cached_file(preferred: Path, name: str) -> Path | None:
+    """An existing cache file `name` for the cache folder `preferred`: in it, or in its fallback."""
+    for folder in (preferred, fallback_cache_dir(preferred)):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+@contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) held for the block: processes on one machine take turns."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def download(url: str, target: Path, timeout: float = 60) -> Path:
