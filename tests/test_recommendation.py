@@ -189,7 +189,9 @@ def test_popularity_run_excludes_seen_items_and_writes_split_and_top_k(compose_c
 
 @pytest.mark.parametrize("model", ["mf", "two_tower"])
 @pytest.mark.parametrize("extra", [[], ["model.loss=softmax", "model.negatives=in_batch"],
-                                   ["model.loss=softmax", "model.num_negatives=4", "model.score=cosine"]])
+                                   ["model.loss=bpr", "model.negatives=uniform"],
+                                   ["model.loss=softmax", "model.negatives=uniform", "model.num_negatives=4",
+                                    "model.score=cosine"]])
 def test_trainable_models_train_with_every_loss(compose_cfg, ml_dir, tmp_path, model, extra):
     record, run_dir = run_rec(compose_cfg, tmp_path, *rec_overrides(ml_dir, tmp_path, f"model={model}",
                                                                     "optimizer.lr=0.01", *extra))
@@ -226,10 +228,11 @@ def test_regimens_map_onto_the_tower_mlps_and_mf_embeddings(compose_cfg):
     ("data.valid_metric=ndcg@5", r"data.valid_metric='ndcg@5' is not computed: choose one of .*ndcg@10"),
     ("data.ratios=[0.5,0.5,0.5]", r"data.ratios=.* sum to 1"),
     ("data.name=ml-5m", r"data.name='ml-5m' is not allowed"),
-    ("model.negatives=in_batch", r"model.loss=bpr samples its negatives uniformly"),
+    ("model.loss=bpr", r"model.loss=bpr samples its negatives uniformly"),
     ("model=cnn13", r"model=cnn13 does not fit task=movielens"),
 ])
 def test_bad_recommendation_config_is_named(compose_cfg, override, message):
+    """(two_tower's defaults are in-batch softmax, so model.loss=bpr alone leaves in-batch negatives.)"""
     with pytest.raises(ConfigError, match=message):
         validate(compose_cfg("task=movielens", override))
 
