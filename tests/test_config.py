@@ -59,6 +59,25 @@ def test_a_task_brings_its_model_optimizer_and_trainer_defaults_and_the_command_
     assert compose_cfg("task=conll2003", "optimizer=adam").optimizer.lr == 1e-3  # the generic preset, untouched
 
 
+def test_movielens_defaults_are_the_best_measured_two_tower_recipe(compose_cfg):
+    cfg = compose_cfg("task=movielens")
+    assert (cfg.model.name, cfg.model.loss, cfg.model.negatives) == ("two_tower", "softmax", "in_batch")
+    assert (cfg.optimizer.name, cfg.optimizer.lr) == ("adam", 5e-3)
+    mf = compose_cfg("task=movielens", "model=mf")
+    assert (mf.model.loss, mf.model.negatives) == ("bpr", "uniform")  # BPR-MF stays BPR
+    bpr = compose_cfg("task=movielens", "model.loss=bpr", "model.negatives=uniform")
+    validate(bpr)
+
+
+def test_the_study_preset_is_three_tasks_by_five_regimens_by_three_seeds():
+    from regbench.preflight import compose_config
+
+    params = compose_config(["experiment=study"], with_hydra=True).hydra.sweeper.params
+    grid = {key: value.split(",") for key, value in params.items()}
+    assert grid == {"task": ["cifar10", "conll2003", "movielens"],
+                    "regularizer": ["none", "bn", "dropout", "bn_dropout", "bn_dropout_gc"], "seed": ["0", "1", "2"]}
+
+
 def test_defaults_match_the_documented_keys(compose_cfg):
     cfg = compose_cfg()
     assert cfg.seed == 0 and cfg.model.width == 1.0 and cfg.trainer.device == "auto"
