@@ -37,7 +37,7 @@ def _overrides() -> dict[str, str]:
 def train(cfg: DictConfig) -> float | None:
     from regbench import runner
     from regbench.launchers import job_threads
-    from regbench.results import METRICS_FILE
+    from regbench.record import METRICS_FILE
 
     from hydra.types import RunMode
 
@@ -65,8 +65,10 @@ def train(cfg: DictConfig) -> float | None:
             return None
         sys.exit(2 if isinstance(err, RegbenchError) else 1)
     metric = record["primary_metric"]
+    value = record["test"].get(metric)
     log.info("%s: test %s %s (best epoch %s of %s); record in %s", record["status"], metric,
-             record["test"].get(metric), record["best_epoch"], record["epochs_run"], run_dir / METRICS_FILE)
+             f"{value:.4f}" if isinstance(value, float) else value, record["best_epoch"], record["epochs_run"],
+             run_dir / METRICS_FILE)
     return tuning_score(record)
 
 

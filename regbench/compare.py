@@ -16,8 +16,9 @@ import pandas as pd
 from scipy import stats
 
 from regbench.errors import RegbenchError
-from regbench.results import (COSMETIC_KEYS, METRICS_FILE, RESULTS_FILE, run_row, sweep_rows, write_csv_atomic,
-                              write_text_atomic)
+from regbench.fileio import write_csv_atomic, write_text_atomic
+from regbench.record import COSMETIC_KEYS, METRICS_FILE, STATUSES
+from regbench.results import RESULTS_FILE, run_row, sweep_rows
 
 # Always part of a group; other overridden keys join when their value varies across the runs.
 BASE_KEYS = ("task", "model", "regularizer", "optimizer")
@@ -26,7 +27,6 @@ BASE_KEYS = ("task", "model", "regularizer", "optimizer")
 # differs between machines that ran the same experiment.
 NOT_GROUPED = ("seed", *COSMETIC_KEYS)
 NOT_GROUPED_PREFIXES = ("hydra.", "paths.")
-STATUSES = ("completed", "diverged", "failed", "interrupted", "running")
 DEFAULT_BASELINE = "regularizer=none"
 CONFIDENCE = 0.95
 SUMMARY_NAME = "summary"  # summary.csv / summary.md / summary.tex

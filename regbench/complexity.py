@@ -1,4 +1,5 @@
 """Cost figures of a model: parameters, forward FLOPs per example, inference latency, size, peak memory.
+`model_costs` and `latency` give them under the run record's keys (regbench.record).
 
 FLOPs here are floating-point operations with one multiply-add counted as 2 (so MACs = FLOPs / 2)."""
 from __future__ import annotations
@@ -8,13 +9,11 @@ import resource
 import statistics
 import sys
 import time
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
-
-
-FLOPS_COUNTING = "FLOPs of one forward pass, one multiply-add = 2 FLOPs (MACs = FLOPs / 2)"
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -111,6 +110,21 @@ def inference_latency(model: nn.Module, batch: Tensor | tuple[Tensor, ...], devi
     finally:
         model.train(was_training)
     return statistics.median(times), len(times)
+
+
+def model_costs(model: nn.Module, example: Tensor | tuple[Tensor, ...]) -> dict[str, int]:
+    """The record's size figures: params, params_trainable, model_size_bytes, flops_per_example."""
+    return {"params": count_parameters(model), "params_trainable": count_parameters(model, trainable_only=True),
+            "model_size_bytes": state_size_bytes(model), "flops_per_example": forward_flops(model, example)}
+
+
+def latency(model: nn.Module, example: Tensor | tuple[Tensor, ...], device: torch.device, autocast: torch.autocast,
+            *, batch_size: int, warmup: int, repeats: int, max_seconds: float) -> dict[str, Any]:
+    """The record's latency figures for a batch of `batch_size` copies of `example`."""
+    seconds, timed = inference_latency(model, repeat_batch(example, batch_size), device, autocast, warmup=warmup,
+                                       repeats=repeats, max_seconds=max_seconds)
+    return {"latency_s_per_batch": None if seconds is None else round(seconds, 6), "latency_batch_size": batch_size,
+            "latency_repeats": timed}
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -65,8 +65,13 @@ def backend() -> str:
     return str(dist.get_backend())
 
 
-def stop() -> None:
-    if dist.is_initialized():
+def stop(orderly: bool = True) -> None:
+    """Leave the process group. After a normal end every rank first waits for the others: a rank that
+    tears its gloo connections down while another is still reading the last collective's messages can make
+    that one abort ("terminate called without an active exception"). After an error nothing waits and
+    nothing is torn down, since the other ranks may never arrive; torchrun ends them."""
+    if dist.is_initialized() and orderly:
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -108,3 +108,14 @@ class GradientMonitor:
                 host[f"{LAYER_MEAN_PREFIX}{layer}"] = mean
                 host[f"{LAYER_MAX_PREFIX}{layer}"] = peak
         return host
+
+
+def run_summary(history: list[dict]) -> dict[str, float | int]:
+    """Whole-run gradient facts for metrics.json (per-epoch detail is in history.csv)."""
+    rows = [r for r in history if "grad_norm_max" in r]
+    if not rows:
+        return {}
+    return {"norm_max": max(r["grad_norm_max"] for r in rows),
+            "clip_rate": sum(r["clip_rate"] for r in rows) / len(rows),
+            "vanishing_epochs": sum(int(r["grad_vanishing"]) for r in rows),
+            "exploding_epochs": sum(int(r["grad_exploding"]) for r in rows)}

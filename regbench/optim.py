@@ -8,6 +8,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from regbench.regimen import Regimen
+
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "momentum": torch.optim.SGD,
@@ -39,22 +41,24 @@ class DecoupledWeightDecay:
                 torch._foreach_mul_(params, 1.0 - group["lr"] * self.weight_decay)
 
 
-def build_optimizer(cfg: DictConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, DecoupledWeightDecay | None]:
-    """The optimizer, and a decoupled-decay hook for optimizers that do not decouple natively."""
+def build_optimizer(cfg: DictConfig, model: nn.Module, regimen: Regimen
+                    ) -> tuple[torch.optim.Optimizer, DecoupledWeightDecay | None]:
+    """The optimizer (cfg.optimizer: name, lr, its own params), with the regimen's weight-decay policy,
+    and a decoupled-decay hook for optimizers that do not decouple natively."""
     ocfg = cfg.optimizer
     params = OmegaConf.to_container(ocfg.params, resolve=True) or {}
     if "betas" in params:
         params["betas"] = tuple(params["betas"])
-    wd = float(ocfg.weight_decay)
+    wd = regimen.weight_decay
     name = ocfg.name
     decoupled_hook = None
     if name == "adamw":
-        if not ocfg.decoupled_weight_decay:
+        if not regimen.decoupled_weight_decay:
             # AdamW without decoupling is Adam: keep the name honest by using Adam's coupled L2.
             optimizer = torch.optim.Adam(model.parameters(), lr=ocfg.lr, weight_decay=wd, **params)
         else:
             optimizer = torch.optim.AdamW(model.parameters(), lr=ocfg.lr, weight_decay=wd, **params)
-    elif ocfg.decoupled_weight_decay and wd > 0:
+    elif regimen.decoupled_weight_decay and wd > 0:
         optimizer = OPTIMIZERS[name](model.parameters(), lr=ocfg.lr, weight_decay=0.0, **params)
         decoupled_hook = DecoupledWeightDecay(optimizer, wd)
     else:

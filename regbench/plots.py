@@ -16,7 +16,7 @@ from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from regbench.compare import BASE_KEYS
 from regbench.gradients import LAYER_MEAN_PREFIX
-from regbench.results import HISTORY_FILE
+from regbench.record import HISTORY_FILE
 
 FORMATS = ("png", "svg")
 COST_AXES = (("params", "parameters", True), ("flops_per_example", "forward FLOPs per example", True),
@@ -57,7 +57,7 @@ def group_labels(summary: pd.DataFrame, keys: list[str]) -> dict[tuple, str]:
     return labels
 
 
-def _histories(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def run_histories(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """history.csv of every completed run whose directory is known and still on disk."""
     out = {}
     if "run_path" not in runs:
@@ -146,6 +146,14 @@ def quality_vs_cost(summary: pd.DataFrame, keys: list[str]) -> Figure:
     return fig
 
 
+def _loss_names(runs: pd.DataFrame) -> tuple[str, str]:
+    """What the task's train_loss and val_loss measure, from the records (empty for older records)."""
+    def first(column: str) -> str:
+        values = runs[column].dropna() if column in runs else pd.Series(dtype=object)
+        return str(values.iloc[0]) if len(values) else ""
+    return first("losses.train"), first("losses.val")
+
+
 def learning_curves(comparison, histories: dict[str, pd.DataFrame]) -> Figure:
     """Rows: loss, then the task's metric; one panel column per task. Solid = train, dashed = validation;
     the line is the mean over seeds and the band spans the seeds' min to max."""
@@ -158,6 +166,10 @@ def learning_curves(comparison, histories: dict[str, pd.DataFrame]) -> Figure:
     for col, task in enumerate(tasks):
         part = _task_rows(summary, task)
         metric = _metric_name(part)
+        train_loss, val_loss = _loss_names(_task_rows(comparison.runs, task))
+        # Two different quantities (MovieLens: a sampled training loss, a full-ranking validation loss)
+        # never share an axis: the validation loss gets its own, on the right.
+        val_axis = grid[0, col] if train_loss == val_loss else grid[0, col].twinx()
         for i, (_, row) in enumerate(part.iterrows()):
             label = tuple(row[k] for k in keys)
             frames = [histories[p] for p in members.get(label, []) if p in histories]
@@ -166,6 +178,8 @@ def learning_curves(comparison, histories: dict[str, pd.DataFrame]) -> Figure:
             color = COLORS[i % 10]
             for ax, quantity in ((grid[0, col], "loss"), (grid[1, col], metric)):
                 for split, style in (("train", "-"), ("val", "--")):
+                    if quantity == "loss" and split == "val":
+                        ax = val_axis
                     column = f"{split}_{quantity}"
                     series = [f.set_index("epoch")[column] for f in frames if column in f]
                     if not series:
@@ -177,7 +191,11 @@ def learning_curves(comparison, histories: dict[str, pd.DataFrame]) -> Figure:
                     if len(series) > 1:
                         ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.15)
         grid[0, col].set_title(f"{task}")
-        grid[0, col].set_ylabel("loss")
+        if val_axis is grid[0, col]:
+            grid[0, col].set_ylabel(f"loss: {train_loss}" if train_loss else "loss", fontsize=8)
+        else:
+            grid[0, col].set_ylabel(f"train loss (solid): {train_loss}", fontsize=8)
+            val_axis.set_ylabel(f"val loss (dashed): {val_loss}", fontsize=8)
         grid[1, col].set_ylabel(f"{metric} (solid train, dashed val)")
         for ax in grid[:, col]:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -236,7 +254,7 @@ def write_plots(comparison, out_dir: Path) -> list[Path]:
     """Every plot the comparison supports, as PNG and SVG under out_dir; returns the files written."""
     files = _save(metric_bars(comparison.summary, comparison.keys), out_dir / "test_metric")
     files += _save(quality_vs_cost(comparison.summary, comparison.keys), out_dir / "quality_vs_cost")
-    histories = _histories(comparison.runs)
+    histories = run_histories(comparison.runs)
     if histories:
         files += _save(learning_curves(comparison, histories), out_dir / "learning_curves")
         for task in _tasks(comparison.summary):

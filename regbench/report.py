@@ -13,7 +13,7 @@ import pandas as pd
 
 from regbench import __version__
 from regbench.plots import write_plots
-from regbench.results import write_text_atomic
+from regbench.fileio import write_text_atomic
 
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;

@@ -1,73 +1,19 @@
-"""The run record on disk: metrics.json, history.csv and the sweep's results.csv.
-
-Every file is written atomically (temporary file, flush, fsync, rename): a crash at any instant
-leaves either the old or the new file. results.csv is rebuilt from the runs' metrics.json files
-under a lock, so jobs finishing at the same moment (or on other nodes) cannot lose rows."""
+"""A sweep's results.csv: one flat row per run record, rebuilt from the runs' metrics.json files under a
+lock, so jobs finishing at the same moment (or on other nodes) cannot lose rows; and the short table a
+sweep prints when it ends."""
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from regbench.data.files import locked, write_atomic
+from regbench.fileio import locked, write_csv_atomic
+from regbench.record import METRICS_FILE, flatten, read_metrics
 
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.csv"
 RESULTS_FILE = "results.csv"
-CHECKPOINT_DIR = "checkpoints"
-BEST_CHECKPOINT = "best.pt"   # the best-validation weights
-LAST_CHECKPOINT = "last.pt"   # everything an unfinished run needs to continue (resume.py)
-
-# Config keys that never change what a run computes: where outputs and caches go, how progress is
-# shown, how often state is saved. A run's id leaves them out (resume.py) and compare never groups by them.
-COSMETIC_KEYS = ("paths.output_dir", "paths.cache_dir", "trainer.progress", "trainer.threads",
-                 "trainer.save_checkpoint", "trainer.resume", "trainer.checkpoint_every")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/Inf are not JSON: store them as null (a diverged run's loss) so any reader can parse the file."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def write_json_atomic(path: Path, obj: Mapping[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n")
-
-
-def write_csv_atomic(path: Path, frame: pd.DataFrame) -> None:
-    write_text_atomic(path, frame.to_csv(index=False))
-
-
-def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"test": {"accuracy": 0.9}} -> {"test.accuracy": 0.9}; lists become JSON strings."""
-    flat: dict[str, Any] = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, (list, tuple)):
-            flat[name] = json.dumps(value)
-        else:
-            flat[name] = value
-    return flat
-
-
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    with open(run_dir / METRICS_FILE, encoding="utf-8") as fh:
-        return json.load(fh)
 
 
 def run_row(run_dir: Path, relative_to: Path) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from regbench.data.files import cached_file, locked, unsafe_member, writable_cache_dir, write_atomic
+from regbench.data.files import cached_file, unsafe_member, writable_cache_dir
+from regbench.fileio import locked, write_atomic
 from regbench.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -1,22 +1,18 @@
-"""File helpers shared by the loaders and the run record: atomic writes, writable cache dirs."""
+"""File helpers of the dataset loaders: hashes, safe archive members, cache folders, downloads
+(written atomically through regbench.fileio)."""
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+
+from regbench.errors import DataError
+from regbench.fileio import write_atomic
 
 log = logging.getLogger(__name__)
-
-_UMASK = os.umask(0)  # read the process umask once (the only way to read it is to set it) ...
-os.umask(_UMASK)      # ... and put it back at once
 
 
 def sha256_of(path: Path) -> str:
@@ -29,8 +25,6 @@ def sha256_of(path: Path) -> str:
 
 def verify_sha256(path: Path, expected: str | None) -> str:
     """sha256 of the file at `path`; raises DataError naming both hashes when `expected` is set and differs."""
-    from regbench.errors import DataError
-
     actual = sha256_of(path)
     if expected and actual.lower() != expected.lower():
         raise DataError(f"{path} has sha256 {actual}, but {expected} was expected (data.sha256): the file is "
@@ -48,28 +42,6 @@ def unsafe_member(name: str, is_link: bool) -> str | None:
     if is_link:
         return "a link"
     return None
-
-
-def write_atomic(target: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call write(fh) on a temporary sibling of `target`, flush and fsync it, then rename it over
-    `target` (and fsync the folder): a crash at any instant leaves either the old or the new file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def fallback_cache_dir(preferred: Path) -> Path:
@@ -102,18 +74,6 @@ def cached_file(preferred: Path, name: str) -> Path | None:
         if (folder / name).is_file():
             return folder / name
     return None
-
-
-@contextmanager
-def locked(lock_path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (flock) held for the block: processes on one machine take turns."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def download(url: str, target: Path, timeout: float = 60) -> Path:

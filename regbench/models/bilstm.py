@@ -16,11 +16,11 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from regbench import validation
+from regbench import checks
 from regbench.errors import ConfigError
-from regbench.models.common import init_weights
+from regbench.models.common import INITS, init_weights
 from regbench.models.crf import CRF
-from regbench.regularizers import Placement, resolve
+from regbench.regimen import NO_PLACEMENT, Placement, Regimen
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class BiLSTMTagger(nn.Module):
                  char: str = "cnn", char_dim: int = 30, char_hidden: int = 50, hidden: int = 200,
                  num_layers: int = 1, crf: bool = True, placement: Placement | None = None) -> None:
         super().__init__()
-        placement = placement or Placement("none", (), 0.0, ())
+        placement = placement or NO_PLACEMENT
         self.word_embedding = nn.Embedding(num_words, word_dim, padding_idx=0)
         self.case_embedding = nn.Embedding(N_CASE_CLASSES, case_dim, padding_idx=0) if case_dim else None
         self.char_encoder = {"cnn": CharCNN, "lstm": CharLSTM}[char](num_chars, char_dim, char_hidden) \
@@ -105,10 +105,10 @@ class BiLSTMTagger(nn.Module):
         self.lstms = nn.ModuleList()
         sizes = [features] + [2 * hidden] * num_layers
         for layer, size in enumerate(sizes, start=1):
-            if placement.norm == "batch" and layer in placement.norm_layers:
-                self.norms[str(layer)] = MaskedBatchNorm(size)
-            if layer in placement.dropout_layers:
-                self.dropouts[str(layer)] = nn.Dropout(placement.dropout_p)
+            if placement.has_norm(layer):  # padding must not enter the statistics: the masked BatchNorm
+                self.norms[str(layer)] = placement.norm(layer, size, dims=1, batch_norm=MaskedBatchNorm)
+            if placement.has_dropout(layer):
+                self.dropouts[str(layer)] = placement.dropout(layer)
             if layer <= num_layers:
                 self.lstms.append(nn.LSTM(size, hidden, batch_first=True, bidirectional=True))
         self.output = nn.Linear(2 * hidden, num_tags)
@@ -183,30 +183,32 @@ def load_word_vectors(path: Path, vocab: dict[str, int], embedding: nn.Embedding
     return found
 
 
-N_LAYERS_EXTRA = 1  # the input-feature layer before the BiLSTM layers
+def layer_count(num_layers: int) -> int:
+    """The tagger's numbered layers: the input features, then one per BiLSTM layer."""
+    return num_layers + 1
 
 
-def build(cfg: DictConfig, *, num_words: int, num_chars: int, num_tags: int) -> BiLSTMTagger:
-    m = cfg.model
-    n_layers = m.num_layers + N_LAYERS_EXTRA
-    everything = tuple(range(1, n_layers + 1))
-    placement = resolve(cfg.regularizer, n_layers, default_norm=everything, default_dropout=everything)
-    model = BiLSTMTagger(num_words, num_chars, num_tags, word_dim=m.word_dim, case_dim=m.case_dim, char=m.char,
-                         char_dim=m.char_dim, char_hidden=m.char_hidden, hidden=m.hidden, num_layers=m.num_layers,
-                         crf=m.crf, placement=placement)
-    init_weights(model, m.init, "tanh")
+def build(*, regimen: Regimen, num_words: int, num_chars: int, num_tags: int, word_dim: int = 100,
+          case_dim: int = 8, char: str = "cnn", char_dim: int = 50, char_hidden: int = 100, hidden: int = 300,
+          num_layers: int = 1, crf: bool = True, init: str = "default") -> BiLSTMTagger:
+    everything = tuple(range(1, layer_count(num_layers) + 1))
+    placement = regimen.place(layer_count(num_layers), default_norm=everything, default_dropout=everything)
+    model = BiLSTMTagger(num_words, num_chars, num_tags, word_dim=word_dim, case_dim=case_dim, char=char,
+                         char_dim=char_dim, char_hidden=char_hidden, hidden=hidden, num_layers=num_layers, crf=crf,
+                         placement=placement)
+    init_weights(model, init, "tanh")
     return model
 
 
-def validate_config(cfg: DictConfig) -> None:
-    validation.choice(cfg, "model.init", validation.INITS)
-    validation.choice(cfg, "model.char", ("cnn", "lstm", "none"))
-    validation.boolean(cfg, "model.crf")
-    validation.boolean(cfg, "model.lowercase")
-    validation.number(cfg, "model.num_layers", low=1, high=2, integer=True)
+def validate_config(cfg: DictConfig, regimen: Regimen) -> None:
+    checks.choice(cfg, "model.init", INITS)
+    checks.choice(cfg, "model.char", ("cnn", "lstm", "none"))
+    checks.boolean(cfg, "model.crf")
+    checks.boolean(cfg, "model.lowercase")
+    checks.number(cfg, "model.num_layers", low=1, high=2, integer=True)
     for key in ("word_dim", "hidden", "char_dim", "char_hidden"):
-        validation.number(cfg, f"model.{key}", low=1, integer=True)
-    validation.number(cfg, "model.case_dim", low=0, integer=True)
-    validation.number(cfg, "model.singleton_unk", low=0, high=1)
-    n_layers = cfg.model.num_layers + N_LAYERS_EXTRA
-    validation.layer_selectors(cfg, n_layers, f"bilstm: 1 = input features, 2..{n_layers} = BiLSTM layers")
+        checks.number(cfg, f"model.{key}", low=1, integer=True)
+    checks.number(cfg, "model.case_dim", low=0, integer=True)
+    checks.number(cfg, "model.singleton_unk", low=0, high=1)
+    n_layers = layer_count(cfg.model.num_layers)
+    regimen.check_layers(n_layers, f"bilstm: 1 = input features, 2..{n_layers} = BiLSTM layers")

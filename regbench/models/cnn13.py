@@ -3,7 +3,7 @@
     conv3x3 128 x3 - maxpool2 - conv3x3 256 x3 - maxpool2 - conv3x3 512 (valid, 8->6)
     - conv1x1 256 - conv1x1 128 - global average pool - linear
 
-Layers are numbered 1..9 (the convs) for the regularizer spec: BN goes right after a selected conv
+Layers are numbered 1..9 (the convs) for the regimen's placement: BN goes right after a selected conv
 (before its activation); dropout goes after a selected conv's activation, or after the pooling
 stage when one follows it. The default dropout layers are 3 and 6: after each pooling stage.
 With BN after every conv and width 1.0 the model has 3,123,850 parameters.
@@ -15,9 +15,9 @@ from collections import OrderedDict
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from regbench import validation
-from regbench.models.common import init_weights, make_activation
-from regbench.regularizers import Placement, resolve
+from regbench import checks
+from regbench.models.common import check_activation_and_init, init_weights, make_activation
+from regbench.regimen import NO_PLACEMENT, Placement, Regimen
 
 # (out_channels, kernel, padding) per conv layer; "pool" marks a 2x2 max-pool after the previous conv.
 ARCHITECTURE: tuple = ((128, 3, 1), (128, 3, 1), (128, 3, 1), "pool",
@@ -33,7 +33,7 @@ class CNN13(nn.Module):
                  placement: Placement | None = None, activation: str = "leaky_relu",
                  negative_slope: float = 0.1) -> None:
         super().__init__()
-        placement = placement or Placement("none", (), 0.0, ())
+        placement = placement or NO_PLACEMENT
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         channels = in_channels
         index = 0
@@ -46,14 +46,14 @@ class CNN13(nn.Module):
             out = max(1, round(out * width))
             # Conv keeps its bias even under BN: that is how the reference count of 3,123,850 arises.
             layers[f"conv{index}"] = nn.Conv2d(channels, out, kernel, padding=padding)
-            if placement.norm == "batch" and index in placement.norm_layers:
-                layers[f"bn{index}"] = nn.BatchNorm2d(out)
+            if placement.has_norm(index):
+                layers[f"bn{index}"] = placement.norm(index, out, dims=2)
             layers[f"act{index}"] = make_activation(activation, negative_slope)
             pool_follows = position + 1 < len(spec) and spec[position + 1] == "pool"
             if pool_follows:
                 layers[f"pool{index}"] = nn.MaxPool2d(2)
-            if index in placement.dropout_layers:
-                layers[f"drop{index}"] = nn.Dropout(placement.dropout_p)
+            if placement.has_dropout(index):
+                layers[f"drop{index}"] = placement.dropout(index)
             channels = out
         self.features = nn.Sequential(layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -63,16 +63,15 @@ class CNN13(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-def build(cfg: DictConfig, *, num_classes: int, in_channels: int) -> CNN13:
-    placement = resolve(cfg.regularizer, N_LAYERS, default_norm=DEFAULT_NORM_LAYERS,
-                        default_dropout=DEFAULT_DROPOUT_LAYERS)
-    model = CNN13(num_classes, in_channels, cfg.model.width, placement, cfg.model.activation,
-                  cfg.model.negative_slope)
-    init_weights(model, cfg.model.init, cfg.model.activation, cfg.model.negative_slope)
+def build(*, regimen: Regimen, num_classes: int, in_channels: int, width: float = 1.0,
+          activation: str = "leaky_relu", negative_slope: float = 0.1, init: str = "default") -> CNN13:
+    placement = regimen.place(N_LAYERS, default_norm=DEFAULT_NORM_LAYERS, default_dropout=DEFAULT_DROPOUT_LAYERS)
+    model = CNN13(num_classes, in_channels, width, placement, activation, negative_slope)
+    init_weights(model, init, activation, negative_slope)
     return model
 
 
-def validate_config(cfg: DictConfig) -> None:
-    validation.check_model_common(cfg)
-    validation.number(cfg, "model.width", low=0, low_open=True, high=8)
-    validation.layer_selectors(cfg, N_LAYERS, "cnn13: layers 1..9 are its convs")
+def validate_config(cfg: DictConfig, regimen: Regimen) -> None:
+    check_activation_and_init(cfg)
+    checks.number(cfg, "model.width", low=0, low_open=True, high=8)
+    regimen.check_layers(N_LAYERS, "cnn13: layers 1..9 are its convs")

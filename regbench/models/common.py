@@ -1,7 +1,21 @@
-"""Pieces every model shares: activation by name, weight initialisation by name."""
+"""Pieces every model shares: activation by name, weight initialisation by name, and their checks."""
 from __future__ import annotations
 
+from omegaconf import DictConfig
 from torch import nn
+
+from regbench import checks
+
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "gelu")
+INITS = ("default", "kaiming", "xavier", "orthogonal")
+
+
+def check_activation_and_init(cfg: DictConfig) -> None:
+    """model.activation, model.init and (for leaky_relu) model.negative_slope."""
+    checks.choice(cfg, "model.activation", ACTIVATIONS)
+    checks.choice(cfg, "model.init", INITS)
+    if cfg.model.activation == "leaky_relu":
+        checks.number(cfg, "model.negative_slope", low=0, high=1)
 
 
 def make_activation(name: str, negative_slope: float = 0.1) -> nn.Module:

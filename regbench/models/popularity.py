@@ -6,6 +6,9 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from regbench.errors import ConfigError
+from regbench.regimen import Regimen
+
 
 class Popularity(nn.Module):
     def __init__(self, item_counts: Tensor) -> None:
@@ -26,9 +29,14 @@ class Popularity(nn.Module):
         return self.counts[items]
 
 
-def build(cfg: DictConfig, *, item_counts: Tensor, **_: object) -> Popularity:
+def build(*, regimen: Regimen, item_counts: Tensor, users: object = None, items: object = None) -> Popularity:
+    """`users` and `items` (the towers' inputs) are not needed: the ranking is the same for every user."""
     return Popularity(item_counts)
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Nothing to choose."""
+def validate_config(cfg: DictConfig, regimen: Regimen) -> None:
+    """Nothing is trained, so a regimen would change nothing: a regimen grid would record five identical
+    runs under five labels. Only regularizer=none (or its equivalent) is accepted."""
+    if regimen.uses_norm or regimen.uses_dropout or regimen.clip_mode != "none" or regimen.l1 > 0:
+        raise ConfigError(f"model=popularity trains nothing, so regularizer={regimen.name} would change nothing: "
+                          "use regularizer=none (and no clipping or penalty.l1)")

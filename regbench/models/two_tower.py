@@ -14,10 +14,10 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from regbench import validation
+from regbench import checks
 from regbench.errors import ConfigError
-from regbench.models.common import init_weights, make_activation
-from regbench.regularizers import Placement, resolve
+from regbench.models.common import ACTIVATIONS, INITS, init_weights, make_activation
+from regbench.regimen import NO_PLACEMENT, Placement, Regimen
 
 
 @dataclass
@@ -51,12 +51,12 @@ class Tower(nn.Module):
     @staticmethod
     def _regularizer(layer: int, size: int, placement: Placement, activation: str | None = None) -> nn.Sequential:
         parts: list[nn.Module] = []
-        if placement.norm == "batch" and layer in placement.norm_layers:
-            parts.append(nn.BatchNorm1d(size))
+        if placement.has_norm(layer):
+            parts.append(placement.norm(layer, size, dims=1))
         if activation is not None:
             parts.append(make_activation(activation))
-        if layer in placement.dropout_layers:
-            parts.append(nn.Dropout(placement.dropout_p))
+        if placement.has_dropout(layer):
+            parts.append(placement.dropout(layer))
         return nn.Sequential(*parts)
 
     def forward(self, ids: Tensor, categorical: Tensor | None, multi_hot: Tensor | None) -> Tensor:
@@ -77,7 +77,7 @@ class TwoTower(nn.Module):
                  score: str = "dot", temperature: float = 0.1, placement: Placement | None = None,
                  activation: str = "relu") -> None:
         super().__init__()
-        placement = placement or Placement("none", (), 0.0, ())
+        placement = placement or NO_PLACEMENT
         hidden = list(hidden or [])
         kw = dict(id_dim=id_dim, feature_dim=feature_dim, hidden=hidden, out_dim=out_dim, use_features=use_features,
                   placement=placement, activation=activation)
@@ -122,35 +122,43 @@ class TwoTower(nn.Module):
         return self.pair_scores(self.user_vectors(users), self.item_vectors(items))
 
 
-def build(cfg: DictConfig, *, users: TowerInputs, items: TowerInputs) -> TwoTower:
-    m = cfg.model
-    hidden = list(m.hidden)
-    n_layers = len(hidden) + 1
+def layer_count(hidden: list[int]) -> int:
+    """The numbered layers of each tower: the input embeddings, then one per MLP layer."""
+    return len(hidden) + 1
+
+
+def build(*, regimen: Regimen, users: TowerInputs, items: TowerInputs, item_counts: Tensor | None = None,
+          id_dim: int = 64, feature_dim: int = 16, features: bool = True, hidden: list[int] | None = None,
+          out_dim: int = 64, activation: str = "relu", score: str = "dot", temperature: float = 0.1,
+          init: str = "default") -> TwoTower:
+    """`item_counts` (training interactions per item) is the popularity baseline's input; towers learn."""
+    hidden = list(hidden or [])
+    n_layers = layer_count(hidden)
     # Default placement: the MLP layers; without an MLP (mf) the embeddings are all there is.
     default = tuple(range(2, n_layers + 1)) or (1,)
-    placement = resolve(cfg.regularizer, n_layers, default_norm=default, default_dropout=default)
-    model = TwoTower(users, items, id_dim=m.id_dim, feature_dim=m.feature_dim, hidden=hidden, out_dim=m.out_dim,
-                     use_features=m.features, score=m.score, temperature=m.temperature, placement=placement,
-                     activation=m.activation)
-    init_weights(model, m.init, m.activation)
+    placement = regimen.place(n_layers, default_norm=default, default_dropout=default)
+    model = TwoTower(users, items, id_dim=id_dim, feature_dim=feature_dim, hidden=hidden, out_dim=out_dim,
+                     use_features=features, score=score, temperature=temperature, placement=placement,
+                     activation=activation)
+    init_weights(model, init, activation)
     return model
 
 
-def validate_config(cfg: DictConfig) -> None:
-    validation.choice(cfg, "model.init", validation.INITS)
-    validation.choice(cfg, "model.activation", validation.ACTIVATIONS)
-    validation.choice(cfg, "model.score", ("dot", "cosine"))
-    validation.choice(cfg, "model.loss", ("bpr", "softmax"))
-    validation.choice(cfg, "model.negatives", ("uniform", "in_batch"))
-    validation.boolean(cfg, "model.features")
+def validate_config(cfg: DictConfig, regimen: Regimen) -> None:
+    checks.choice(cfg, "model.init", INITS)
+    checks.choice(cfg, "model.activation", ACTIVATIONS)
+    checks.choice(cfg, "model.score", ("dot", "cosine"))
+    checks.choice(cfg, "model.loss", ("bpr", "softmax"))
+    checks.choice(cfg, "model.negatives", ("uniform", "in_batch"))
+    checks.boolean(cfg, "model.features")
     for key in ("id_dim", "feature_dim", "out_dim", "num_negatives"):
-        validation.number(cfg, f"model.{key}", low=1, integer=True)
-    validation.number(cfg, "model.temperature", low=0, low_open=True)
+        checks.number(cfg, f"model.{key}", low=1, integer=True)
+    checks.number(cfg, "model.temperature", low=0, low_open=True)
     hidden = cfg.model.hidden
     if not all(isinstance(h, int) and h > 0 for h in hidden):
         raise ConfigError(f"model.hidden={list(hidden)!r} is invalid: a list of positive layer widths, e.g. [128]")
     if cfg.model.loss == "bpr" and cfg.model.negatives == "in_batch":
         raise ConfigError("model.loss=bpr samples its negatives uniformly: use model.negatives=uniform "
                           "(in_batch negatives go with model.loss=softmax)")
-    n_layers = len(hidden) + 1
-    validation.layer_selectors(cfg, n_layers, f"{cfg.model.name}: 1 = input embeddings, 2..{n_layers} = MLP layers")
+    n_layers = layer_count(list(hidden))
+    regimen.check_layers(n_layers, f"{cfg.model.name}: 1 = input embeddings, 2..{n_layers} = MLP layers")

@@ -1,6 +1,29 @@
-"""Tasks by name: each a Task subclass that owns its data, model wiring, loss and metrics."""
-from regbench.tasks.cifar10 import Cifar10Task
-from regbench.tasks.recommendation import MovieLensTask
-from regbench.tasks.tagging import Conll2000Task, Conll2003Task, ConllTask
+"""Tasks are found through the config's `task._target_`: a Task subclass (regbench.tasks.base) that owns its
+data, batches, loss and metrics. The built-in ones: cifar10.Cifar10Task, tagging.Conll2003Task /
+Conll2000Task / ConllTask, recommendation.MovieLensTask."""
+from __future__ import annotations
 
-TASKS = {task.name: task for task in (Cifar10Task, Conll2003Task, Conll2000Task, ConllTask, MovieLensTask)}
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from regbench.errors import ConfigError
+from regbench.tasks.base import Task
+
+
+def task_class(cfg: DictConfig) -> type[Task]:
+    target = cfg.task.get("_target_")
+    if not target:
+        raise ConfigError("task._target_ is not set: name a Task subclass, e.g. task._target_=my_pkg.MyTask")
+    try:
+        cls = get_class(str(target))
+    except Exception as err:  # noqa: BLE001 - Hydra wraps import errors of every kind
+        raise ConfigError(f"task._target_={target}: cannot be imported ({str(err).splitlines()[0]})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ConfigError(f"task._target_={target} is not a subclass of regbench.tasks.base.Task")
+    return cls
+
+
+def build_task(cfg: DictConfig, device: torch.device) -> Task:
+    """The task the config names, with its data loaded onto `device`."""
+    return task_class(cfg)(cfg, device)

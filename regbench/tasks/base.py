@@ -1,4 +1,5 @@
-"""What a task gives the runner. The runner never names a task; it only calls these methods."""
+"""What a task gives the training loop and the runner, which never name a task: data on the device,
+batches, the loss, the metrics, and the model built for its inputs from the config's `model._target_`."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -9,6 +10,9 @@ from typing import Any, ClassVar
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
+
+from regbench.models import build_model
+from regbench.regimen import Regimen
 
 Batch = Any
 
@@ -31,6 +35,9 @@ class Task(ABC):
     # Every training batch has the same shapes: cuDNN may time its convolution algorithms once and keep
     # the fastest (torch.backends.cudnn.benchmark). With shapes that vary it would re-time every new shape.
     fixed_input_shapes: ClassVar[bool] = False
+    # model.* keys the task reads itself (the tagger's vocabulary settings, a recommender's loss); every
+    # other model.* key goes to the model's factory.
+    task_model_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         self.cfg = cfg
@@ -42,8 +49,13 @@ class Task(ABC):
         """Raise ConfigError for a bad task key (`data.*`)."""
 
     @abstractmethod
-    def build_model(self) -> nn.Module:
-        """The model named by cfg.model, sized for this task's inputs and outputs."""
+    def model_inputs(self) -> dict[str, Any]:
+        """What the model factory needs to know about this task's data, as keyword arguments (e.g.
+        num_classes and in_channels)."""
+
+    def build_model(self, regimen: Regimen) -> nn.Module:
+        """The model cfg.model._target_ builds for this task's inputs and outputs, regularized by `regimen`."""
+        return build_model(self.cfg, regimen, exclude=self.task_model_keys, **self.model_inputs())
 
     @abstractmethod
     def num_train_batches(self) -> int: ...
@@ -59,6 +71,11 @@ class Task(ABC):
     @abstractmethod
     def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         """Turn one epoch's accumulated statistics into {"loss": ..., primary_metric: ...}."""
+
+    def loss_names(self) -> dict[str, str]:
+        """What the training loss and the validation loss measure (history.csv's train_loss and val_loss):
+        plots draw them on one axis only when they are the same quantity."""
+        return {"train": "loss", "val": "loss"}
 
     @abstractmethod
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:

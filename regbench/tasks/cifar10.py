@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from regbench import validation
+from regbench import checks
 from regbench.data import cifar10 as cifar10_data
-from regbench.models import MODELS
+from regbench.errors import ConfigError
+from regbench.regimen import Regimen
 from regbench.tasks import image_augment
 from regbench.tasks.base import Task
 
@@ -39,16 +40,16 @@ class Cifar10Task(Task):
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
-        validation.choice(cfg, "data.source", cifar10_data.SOURCES)
-        validation.boolean(cfg, "data.download")
-        validation.number(cfg, "data.val_size", low=1, high=49000, integer=True)
-        validation.number(cfg, "data.split_seed", low=0, integer=True)
-        validation.number(cfg, "data.train_eval_size", low=1, integer=True)
-        validation.number(cfg, "data.augment.crop_padding", low=0, high=16, integer=True)
-        validation.boolean(cfg, "data.augment.hflip")
-        validation.number(cfg, "data.augment.cutout", low=0, high=32, integer=True)
-        validation.number(cfg, "data.augment.color_jitter", low=0, high=1, high_open=True)
-        validation.number(cfg, "data.augment.rotation", low=0, high=180)
+        checks.choice(cfg, "data.source", cifar10_data.SOURCES)
+        checks.boolean(cfg, "data.download")
+        checks.number(cfg, "data.val_size", low=1, high=49000, integer=True)
+        checks.number(cfg, "data.split_seed", low=0, integer=True)
+        checks.number(cfg, "data.train_eval_size", low=1, integer=True)
+        checks.number(cfg, "data.augment.crop_padding", low=0, high=16, integer=True)
+        checks.boolean(cfg, "data.augment.hflip")
+        checks.number(cfg, "data.augment.cutout", low=0, high=32, integer=True)
+        checks.number(cfg, "data.augment.color_jitter", low=0, high=1, high_open=True)
+        checks.number(cfg, "data.augment.rotation", low=0, high=180)
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         super().__init__(cfg, device)
@@ -74,16 +75,18 @@ class Cifar10Task(Task):
         }
         self.train_eval_size = min(dcfg.train_eval_size, len(train_idx))
         if len(train_idx) == 0:
-            raise validation.ConfigError("the training split is empty: lower data.val_size or raise data.limit_train")
+            raise ConfigError("the training split is empty: lower data.val_size or raise data.limit_train")
 
     def _to_device(self, x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
         images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()  # NCHW uint8
         return images.to(self.device), torch.from_numpy(y).to(self.device)
 
-    def build_model(self) -> nn.Module:
-        model = MODELS[self.cfg.model.name].build(self.cfg, num_classes=self.num_classes, in_channels=3)
+    def model_inputs(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "in_channels": 3}
+
+    def build_model(self, regimen: Regimen) -> nn.Module:
         # channels_last lets cuDNN use its fastest (tensor-core) convolution kernels on the GPU.
-        return model.to(memory_format=self.memory_format)
+        return super().build_model(regimen).to(memory_format=self.memory_format)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -125,6 +128,9 @@ class Cifar10Task(Task):
         loss = F.cross_entropy(logits.float(), y)
         return loss, {"loss_sum": loss.detach() * len(y), "correct": (logits.argmax(1) == y).sum(),
                       "count": torch.full((), len(y), device=y.device)}
+
+    def loss_names(self) -> dict[str, str]:
+        return {"train": "cross-entropy", "val": "cross-entropy"}
 
     def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"]}

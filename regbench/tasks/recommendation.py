@@ -18,12 +18,13 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from regbench import ranking, validation
+from regbench import checks, ranking
 from regbench.data import interactions, movielens
 from regbench.data.files import verify_sha256
 from regbench.errors import ConfigError
-from regbench.models import MODELS
+from regbench.fileio import write_csv_atomic
 from regbench.models.two_tower import TowerInputs
+from regbench.regimen import Regimen
 from regbench.tasks.base import Task
 
 AGE_BUCKETS = (18, 25, 35, 45, 50, 56)  # ml-1m's age groups, also applied to ml-100k's exact ages
@@ -36,23 +37,24 @@ SPLIT_DIR = "split"
 class MovieLensTask(Task):
     name = "movielens"
     models: ClassVar[tuple[str, ...]] = ("two_tower", "mf", "popularity")
+    task_model_keys: ClassVar[tuple[str, ...]] = ("loss", "negatives", "num_negatives")  # the training objective
     primary_metric = "ndcg@10"
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
         d = cfg.data
-        validation.choice(cfg, "data.name", movielens.DATASETS)
-        validation.choice(cfg, "data.split", ("random", "leave_last_out"))
-        validation.boolean(cfg, "data.download")
+        checks.choice(cfg, "data.name", movielens.DATASETS)
+        checks.choice(cfg, "data.split", ("random", "leave_last_out"))
+        checks.boolean(cfg, "data.download")
         sha = d.get("sha256")
         if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdefABCDEF"
                                                                                    for c in sha)):
             raise ConfigError(f"data.sha256={sha!r} is invalid: it must be 64 hexadecimal digits or null")
-        validation.number(cfg, "data.min_rating", allow_none=True)
-        validation.number(cfg, "data.max_users", low=1, integer=True, allow_none=True)
-        validation.number(cfg, "data.min_user_interactions", low=0, integer=True)
-        validation.number(cfg, "data.split_seed", low=0, integer=True)
-        validation.number(cfg, "data.train_eval_users", low=1, integer=True)
+        checks.number(cfg, "data.min_rating", allow_none=True)
+        checks.number(cfg, "data.max_users", low=1, integer=True, allow_none=True)
+        checks.number(cfg, "data.min_user_interactions", low=0, integer=True)
+        checks.number(cfg, "data.split_seed", low=0, integer=True)
+        checks.number(cfg, "data.train_eval_users", low=1, integer=True)
         ratios = list(d.ratios)
         if len(ratios) != 3 or any(not isinstance(r, (int, float)) or r < 0 for r in ratios) \
                 or abs(sum(ratios) - 1) > 1e-6 or ratios[0] <= 0:
@@ -122,15 +124,17 @@ class MovieLensTask(Task):
                 multi[row, index[g]] = 1.0
         return [N_DECADES], torch.as_tensor(decade[:, None], dtype=torch.long), multi
 
-    def build_model(self) -> nn.Module:
-        name = self.cfg.model.name
-        if name == "popularity":
-            return MODELS[name].build(self.cfg, item_counts=self.item_counts)
-        user_sizes, user_cats = self._user_features()
-        item_sizes, item_cats, item_multi = self._item_features()
-        model = MODELS[name].build(self.cfg, users=TowerInputs(self.n_users, user_sizes),
-                                   items=TowerInputs(self.n_items, item_sizes, item_multi.shape[1]))
-        model.set_features(user_cats, torch.zeros(self.n_users, 0), item_cats, item_multi)
+    def model_inputs(self) -> dict[str, Any]:
+        user_sizes, self._user_cats = self._user_features()
+        item_sizes, self._item_cats, self._item_multi = self._item_features()
+        return {"users": TowerInputs(self.n_users, user_sizes),
+                "items": TowerInputs(self.n_items, item_sizes, self._item_multi.shape[1]),
+                "item_counts": self.item_counts}
+
+    def build_model(self, regimen: Regimen) -> nn.Module:
+        model = super().build_model(regimen)
+        if hasattr(model, "set_features"):  # the towers look their side features up by id
+            model.set_features(self._user_cats, torch.zeros(self.n_users, 0), self._item_cats, self._item_multi)
         return model
 
     # -- training ------------------------------------------------------------------------------
@@ -191,6 +195,14 @@ class MovieLensTask(Task):
         n = torch.full((), float(len(pos)), device=pos.device)
         return loss, {"loss_sum": loss.detach() * n, "count": n}
 
+    def loss_names(self) -> dict[str, str]:
+        m = self.cfg.model
+        train = ("in-batch softmax cross-entropy (log-Q corrected)" if m.get("negatives") == "in_batch" else
+                 f"BPR loss on sampled negatives ({m.get('num_negatives')} per positive)" if m.get("loss") == "bpr" else
+                 f"softmax cross-entropy on sampled negatives ({m.get('num_negatives')} per positive)")
+        return {"train": train if self.cfg.model.name != "popularity" else "none (nothing is trained)",
+                "val": "cross-entropy of each held-out item against all items"}
+
     def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         return {"loss": sums["loss_sum"] / sums["count"]}
 
@@ -250,8 +262,6 @@ class MovieLensTask(Task):
     # -- outputs -------------------------------------------------------------------------------
     def write_outputs(self, run_dir: Path) -> None:
         """split/{train,valid,test}.csv with the raw ids, and test_topk.csv (user, rank, item, score)."""
-        from regbench.results import write_csv_atomic
-
         for name, frame in self.split.frames().items():
             out = frame.assign(user=self.user_ids[frame["user"].to_numpy()], item=self.item_ids[frame["item"].to_numpy()])
             write_csv_atomic(run_dir / SPLIT_DIR / f"{name}.csv", out[["user", "item", "rating", "timestamp"]])

@@ -19,10 +19,12 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from regbench import metrics, validation
+from regbench import checks, metrics
 from regbench.data import conll
 from regbench.errors import ConfigError, DataError
-from regbench.models import MODELS
+from regbench.fileio import write_text_atomic
+from regbench.models.bilstm import load_word_vectors
+from regbench.regimen import Regimen
 from regbench.tasks.base import Task
 
 PAD, UNK = 0, 1
@@ -171,17 +173,18 @@ class TaggingTask(Task):
 
     models: ClassVar[tuple[str, ...]] = ("bilstm",)
     host_keys: ClassVar[tuple[str, ...]] = ("lengths", "char_lengths")
+    task_model_keys: ClassVar[tuple[str, ...]] = ("lowercase", "singleton_unk", "word_vectors")
     primary_metric = "f1"
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
-        validation.choice(cfg, "data.metric", ("auto", "span", "accuracy"))
-        validation.choice(cfg, "data.unseen_tags", ("error", "keep"))
-        validation.number(cfg, "data.token_column", integer=True)
+        checks.choice(cfg, "data.metric", ("auto", "span", "accuracy"))
+        checks.choice(cfg, "data.unseen_tags", ("error", "keep"))
+        checks.number(cfg, "data.token_column", integer=True)
         if cfg.data.tag_column != "auto":
-            validation.number(cfg, "data.tag_column", integer=True)
-        validation.number(cfg, "data.split_seed", low=0, integer=True)
-        validation.number(cfg, "data.train_eval_size", low=1, integer=True)
+            checks.number(cfg, "data.tag_column", integer=True)
+        checks.number(cfg, "data.split_seed", low=0, integer=True)
+        checks.number(cfg, "data.train_eval_size", low=1, integer=True)
 
     def load_splits(self) -> dict[str, list[conll.Sentence]]:
         raise NotImplementedError
@@ -219,12 +222,13 @@ class TaggingTask(Task):
         self.singleton_ids = torch.from_numpy(self.vocab.singleton_ids).to(device)
         self.predictions: dict[str, list[list[str]]] = {}
 
-    def build_model(self) -> nn.Module:
-        model = MODELS[self.cfg.model.name].build(self.cfg, num_words=len(self.vocab.words) + 2,
-                                                  num_chars=len(self.vocab.chars) + 2, num_tags=len(self.vocab.tags))
-        if self.cfg.model.get("word_vectors"):
-            from regbench.models.bilstm import load_word_vectors
+    def model_inputs(self) -> dict[str, Any]:
+        return {"num_words": len(self.vocab.words) + 2, "num_chars": len(self.vocab.chars) + 2,
+                "num_tags": len(self.vocab.tags)}
 
+    def build_model(self, regimen: Regimen) -> nn.Module:
+        model = super().build_model(regimen)
+        if self.cfg.model.get("word_vectors"):
             load_word_vectors(Path(self.cfg.model.word_vectors), self.vocab.words, model.word_embedding,
                               self.vocab.lowercase)
         return model
@@ -260,6 +264,11 @@ class TaggingTask(Task):
 
     def loss_weight(self, batch: dict[str, Tensor]) -> Tensor:
         return batch["mask"].sum()  # the loss is a mean over real tokens
+
+    def loss_names(self) -> dict[str, str]:
+        name = "CRF negative log-likelihood per token" if self.cfg.model.get("crf", True) else \
+            "cross-entropy per token"
+        return {"train": name, "val": name}
 
     def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"]}
@@ -301,8 +310,6 @@ class TaggingTask(Task):
 
     def write_outputs(self, run_dir: Path) -> None:
         """test_predictions.txt in conlleval's input format: `token gold predicted`, blank line between sentences."""
-        from regbench.results import write_text_atomic
-
         predicted = self.predictions.get("test")
         if predicted is None:
             return
@@ -353,8 +360,8 @@ class Conll2000Task(TaggingTask):
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
         super().validate_config(cfg)
-        validation.number(cfg, "data.val_size", low=1, integer=True)
-        validation.boolean(cfg, "data.download")
+        checks.number(cfg, "data.val_size", low=1, integer=True)
+        checks.boolean(cfg, "data.download")
 
     def load_splits(self) -> dict[str, list[conll.Sentence]]:
         files = conll.conll2000_files(self._dirs("conll2000"), self.cfg.data.download)

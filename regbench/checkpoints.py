@@ -1,5 +1,6 @@
-"""Skip and resume: a deterministic id per run, the last-epoch checkpoint that holds everything a run
-needs to continue exactly, and the index that finds a run's earlier attempt in any sweep directory.
+"""Skip, resume and keep: a deterministic id per run, the index that finds a run's earlier attempt in
+any sweep directory, the best-validation weights (best.pt), and the last-epoch checkpoint (last.pt) that
+holds everything a run needs to continue exactly.
 
 Hydra cannot resume a sweep, and its sweep directories are new for every invocation (they carry the
 time), so an earlier attempt is found through `<paths.output_dir>/.index/<run id>`, a one-line file
@@ -20,15 +21,22 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from regbench.errors import RegbenchError
-from regbench.results import CHECKPOINT_DIR, COSMETIC_KEYS, LAST_CHECKPOINT, read_metrics, write_text_atomic
+from regbench.fileio import write_atomic, write_json_atomic, write_text_atomic
+from regbench.loop import EarlyStopping, FitState, Training
+from regbench.record import COSMETIC_KEYS, HISTORY_FILE, METRICS_FILE, Status, read_metrics
 
 log = logging.getLogger(__name__)
 
 INDEX_DIR = ".index"
-FINAL_STATUSES = ("completed", "diverged")  # a re-run reuses these; anything else is resumed or redone
+CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT = "best.pt"   # the best-validation weights
+LAST_CHECKPOINT = "last.pt"   # everything an unfinished run needs to continue
 CHECKPOINT_FORMAT = 1
+# The record fields a last-epoch checkpoint carries (format 1 keeps them under "record").
+CARRIED = ("best_epoch", "val", "epochs_run", "train_time_s", "eval_time_s")
 
 
+# -- identity -------------------------------------------------------------------------------------
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """The resolved configuration minus the cosmetic keys (the seed and the data folder stay): what makes
     two runs the same run."""
@@ -53,7 +61,7 @@ def run_id(cfg: DictConfig, world_size: int = 1) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-# -- the index --------------------------------------------------------------------------------------
+# -- the index of earlier attempts ------------------------------------------------------------------
 def _index_file(cfg: DictConfig, rid: str) -> Path:
     return Path(cfg.paths.output_dir) / INDEX_DIR / rid
 
@@ -72,7 +80,7 @@ class Earlier:
 
     @property
     def finished(self) -> bool:
-        return self.record is not None and self.record.get("status") in FINAL_STATUSES
+        return self.record is not None and self.record.get("status") in (Status.COMPLETED, Status.DIVERGED)
 
 
 def find_earlier(cfg: DictConfig, rid: str, run_dir: Path) -> Earlier | None:
@@ -94,6 +102,21 @@ def find_earlier(cfg: DictConfig, rid: str, run_dir: Path) -> Earlier | None:
         if earlier.finished or earlier.checkpoint is not None:
             return earlier
     return None
+
+
+def reuse(earlier: Earlier, run_dir: Path, overrides: dict[str, str]) -> dict[str, Any]:
+    """The same configuration finished before: its record (and history), copied into `run_dir` when that
+    is another directory, with `reused_from` naming the original."""
+    record = dict(earlier.record)
+    log.info("run %s already %s in %s: reusing its record (trainer.resume=false trains it again)",
+             record["run_id"], record["status"], earlier.run_dir)
+    if earlier.run_dir.resolve() != Path(run_dir).resolve():
+        record.update(reused_from=str(earlier.run_dir), overrides=overrides)
+        history = earlier.run_dir / HISTORY_FILE
+        if history.is_file():
+            write_atomic(Path(run_dir) / HISTORY_FILE, lambda fh: fh.write(history.read_bytes()))
+        write_json_atomic(Path(run_dir) / METRICS_FILE, record)
+    return record
 
 
 # -- random number generators ----------------------------------------------------------------------
@@ -139,12 +162,34 @@ def cuda_states_to_restore(saved: list, n_devices: int) -> list[tuple[int, Any]]
     return list(enumerate(saved[:n_devices]))
 
 
-# -- checkpoints ------------------------------------------------------------------------------------
+# -- checkpoint files ---------------------------------------------------------------------------------
 class CheckpointError(RegbenchError):
     """A checkpoint that does not belong to this run, or cannot be read."""
 
 
-def load_checkpoint(path: Path, rid: str) -> dict[str, Any]:
+def save_best(run_dir: Path, cfg: DictConfig, state: FitState) -> Path:
+    """checkpoints/best.pt: the best-validation weights, their epoch and validation metrics, the config."""
+    path = Path(run_dir) / CHECKPOINT_DIR / BEST_CHECKPOINT
+    checkpoint = {"model": state.best_state, "epoch": state.best_epoch, "val": state.val,
+                  "config": OmegaConf.to_container(cfg, resolve=True)}
+    write_atomic(path, lambda fh: torch.save(checkpoint, fh))
+    return path
+
+
+def save_last(run_dir: Path, cfg: DictConfig, rid: str, t: Training, state: FitState) -> None:
+    """checkpoints/last.pt: everything needed to continue exactly after state.epoch, written atomically."""
+    record = {"best_epoch": state.best_epoch, "val": state.val, "epochs_run": state.epoch,
+              "train_time_s": state.train_time_s, "eval_time_s": state.eval_time_s}
+    checkpoint = {"format": CHECKPOINT_FORMAT, "run_id": rid, "epoch": state.epoch, "stopped": state.stopped,
+                  "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+                  "scheduler": t.scheduler.state_dict(), "scaler": None,  # bf16 autocast needs no loss scaler
+                  "best_value": state.early.best, "best_state": state.best_state,
+                  "bad_epochs": state.early.bad_epochs, "rng": rng_state(t.generator), "history": state.history,
+                  "record": record, "config": OmegaConf.to_container(cfg, resolve=True)}
+    write_atomic(Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT, lambda fh: torch.save(checkpoint, fh))
+
+
+def load_last(path: Path, rid: str) -> dict[str, Any]:
     """Read a last-epoch checkpoint safely (weights_only) and check it belongs to this configuration."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -159,3 +204,24 @@ def load_checkpoint(path: Path, rid: str) -> dict[str, Any]:
                               f"run is {rid}); refusing to load it. Use another output directory, or "
                               "trainer.resume=false to overwrite it")
     return state
+
+
+def resume(path: Path, rid: str, t: Training, early: EarlyStopping) -> FitState:
+    """Put the model, optimizer, schedule and every RNG back as they were after the checkpoint's epoch;
+    return the epoch loop's state then."""
+    saved = load_last(path, rid)
+    t.model.load_state_dict(saved["model"])
+    t.optimizer.load_state_dict(saved["optimizer"])
+    t.scheduler.load_state_dict(saved["scheduler"])
+    restore_rng(saved["rng"], t.generator)
+    early.best, early.bad_epochs = saved["best_value"], saved["bad_epochs"]
+    record = saved["record"]
+    log.info("resuming run %s after epoch %d from %s", rid, saved["epoch"], path)
+    return FitState(early=early, epoch=saved["epoch"], stopped=saved["stopped"], best_state=saved["best_state"],
+                    best_epoch=record["best_epoch"], val=record["val"], history=list(saved["history"]),
+                    train_time_s=record["train_time_s"], eval_time_s=record["eval_time_s"])
+
+
+def forget_last(run_dir: Path) -> None:
+    """A run that completed or diverged is never resumed: its last.pt goes."""
+    (Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT).unlink(missing_ok=True)

@@ -1,0 +1,155 @@
+"""The run record: the interface between training and everything after it (compare, plots, report,
+trackers). One schema (`RunRecord`, written as metrics.json), one status enum, and one writer that
+writes only on the process that owns the run directory (rank 0 under torchrun).
+
+Readers never import the code that trained: metrics.json is plain JSON, history.csv plain CSV."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from regbench.fileio import write_csv_atomic, write_json_atomic
+
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+
+# Config keys that never change what a run computes: where outputs and caches go, how progress is
+# shown, how often state is saved. A run's id leaves them out and compare never groups by them.
+COSMETIC_KEYS = ("paths.output_dir", "paths.cache_dir", "trainer.progress", "trainer.threads",
+                 "trainer.save_checkpoint", "trainer.resume", "trainer.checkpoint_every")
+FLOPS_COUNTING = "FLOPs of one forward pass, one multiply-add = 2 FLOPs (MACs = FLOPs / 2)"
+
+
+class Status(str, Enum):
+    """How a run ended (or that it has not): a str, so it is written and compared as its value."""
+
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    RUNNING = "running"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def final(self) -> bool:
+        """A finished run that a re-run reuses; anything else is resumed or trained again."""
+        return self in (Status.COMPLETED, Status.DIVERGED)
+
+
+STATUSES = tuple(s.value for s in Status)  # completed first: compare lists the others as "not averaged"
+
+
+@dataclass
+class RunRecord:
+    """metrics.json, key by key, in the order they are written. README's "The run record" says what each means."""
+
+    status: Status = Status.RUNNING
+    task: str | None = None
+    model: str | None = None
+    regularizer: str | None = None
+    optimizer: str | None = None
+    schedule: str | None = None
+    seed: int | None = None
+    primary_metric: str | None = None
+    higher_is_better: bool | None = None
+    losses: dict[str, str] = field(default_factory=dict)  # what train_loss and val_loss measure
+    best_epoch: int | None = None
+    epochs_run: int = 0
+    train: dict[str, Any] = field(default_factory=dict)
+    val: dict[str, Any] = field(default_factory=dict)
+    test: dict[str, Any] = field(default_factory=dict)
+    gap: float | None = None
+    params: int | None = None
+    params_trainable: int | None = None
+    flops_per_example: int | None = None
+    flops_counting: str = FLOPS_COUNTING
+    latency_s_per_batch: float | None = None
+    latency_batch_size: int | None = None
+    latency_repeats: int | None = None
+    model_size_bytes: int | None = None
+    checkpoint_bytes: int | None = None
+    gradients: dict[str, Any] = field(default_factory=dict)
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+    wall_time_s: float | None = None
+    peak_memory_bytes: int | None = None
+    peak_memory_kind: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    precision: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+    host: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+    compile_time_s: float | None = None
+    run_id: str | None = None
+    distributed: dict[str, Any] | None = None
+    resumed_from: str | None = None
+    reused_from: str | None = None
+    overrides: dict[str, str] = field(default_factory=dict)
+    traceback: str | None = None  # written only when the run failed
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["status"] = Status(self.status).value
+        if out["traceback"] is None:
+            del out["traceback"]
+        return out
+
+
+RECORD_KEYS = tuple(f.name for f in fields(RunRecord))
+
+
+class RecordWriter:
+    """Writes a run's metrics.json and history.csv atomically; a no-op on a process that does not own
+    the run directory (ranks other than 0 under torchrun), so callers never check."""
+
+    def __init__(self, run_dir: Path, owner: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.owner = owner
+        self.started = time.time()
+
+    def write(self, record: RunRecord | dict[str, Any]) -> None:
+        if not self.owner:
+            return
+        if isinstance(record, RunRecord):
+            record.wall_time_s = round(time.time() - self.started, 3)
+            record = record.to_dict()
+        write_json_atomic(self.run_dir / METRICS_FILE, record)
+
+    def write_history(self, rows: list[dict[str, Any]]) -> None:
+        if not self.owner or not rows:
+            return
+        write_csv_atomic(self.run_dir / HISTORY_FILE, pd.DataFrame(rows))
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    with open(Path(run_dir) / METRICS_FILE, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"test": {"accuracy": 0.9}} -> {"test.accuracy": 0.9}; lists become JSON strings."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(value)
+        else:
+            flat[name] = value
+    return flat
