@@ -1,6 +1,8 @@
 """The `regbench` command end to end in a subprocess: a single run and a 2-job multirun."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -9,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from conftest import tiny_overrides
+
+pytestmark = pytest.mark.integration  # every test here starts processes
 
 
 def regbench(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:

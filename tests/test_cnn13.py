@@ -6,11 +6,14 @@ import torch
 from torch import nn
 
 from regbench import complexity
-from regbench.models import cnn13
+from regbench.models import build_model, cnn13
+from regbench.regimen import Regimen
 
 
 def build(compose_cfg, *overrides: str) -> cnn13.CNN13:
-    return cnn13.build(compose_cfg(*overrides), num_classes=10, in_channels=3)
+    """CNN-13 as a run builds it: the model._target_ factory, the regimen resolved from the same config."""
+    cfg = compose_cfg(*overrides)
+    return build_model(cfg, Regimen.from_config(cfg), num_classes=10, in_channels=3)
 
 
 def layer_names(model: nn.Module) -> list[str]:

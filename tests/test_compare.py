@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from regbench.compare import CompareError, compare, difference, mean_interval
-from regbench.results import update_sweep_results, write_json_atomic
+from regbench.fileio import write_json_atomic
+from regbench.results import update_sweep_results
 
 T_975_DF2 = 4.302652729911275  # Student t quantiles from a printed table
 T_975_DF4 = 2.7764451051977987
@@ -172,6 +173,7 @@ def test_another_metric_and_the_written_files(tmp_path):
     assert "| bn " in files[1].read_text() and r"\begin{tabular}" in files[2].read_text()
 
 
+@pytest.mark.integration
 def test_cli_compare_exits_2_with_one_line_on_bad_input(tmp_path):
     result = subprocess.run([sys.executable, "-m", "regbench", "compare", str(tmp_path / "missing")],
                             capture_output=True, text=True, timeout=120)

@@ -137,6 +137,7 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.integration
 def test_cli_bad_value_exits_2_with_one_clear_line(cli_env):
     result = _cli(["regularizer.dropout.p=1.5"], cli_env)
     assert result.returncode == 2
@@ -145,6 +146,7 @@ def test_cli_bad_value_exits_2_with_one_clear_line(cli_env):
     assert len(errors) == 1 and "regularizer.dropout.p=1.5" in errors[0] and "[0, 1)" in errors[0]
 
 
+@pytest.mark.integration
 def test_cli_unknown_group_option_names_the_allowed_options(cli_env):
     result = _cli(["regularizer=bn_droput"], cli_env)
     assert result.returncode != 0
@@ -153,6 +155,7 @@ def test_cli_unknown_group_option_names_the_allowed_options(cli_env):
     assert "regularizer" in output and "bn_dropout_gc" in output  # the list of available options
 
 
+@pytest.mark.integration
 def test_cli_unknown_key_is_rejected_without_traceback(cli_env):
     result = _cli(["trainer.max_epoch=3"], cli_env)
     assert result.returncode != 0

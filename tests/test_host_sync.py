@@ -22,16 +22,14 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from conftest import tiny_overrides
-from regbench import runner
-from regbench.tasks import TASKS
+from conftest import make_ml100k_zip, tiny_overrides
+from regbench import loop
 from regbench.validation import validate
-from test_recommendation import make_ml100k_zip
 
 HOST_READS = {"item", "tolist", "numpy", "cpu", "cuda", "__bool__", "__float__", "__int__", "__index__"}
 DATA_DEPENDENT_SHAPE = {"nonzero", "argwhere", "masked_select", "unique", "unique_consecutive"}
 INDEXING = {"__getitem__", "__setitem__", "index_put", "index_put_"}
-REGBENCH_SOURCE = str(Path(runner.__file__).parent)
+REGBENCH_SOURCE = str(Path(loop.__file__).parent)
 # torch code whose calls look like syncs on a CPU but are none on a GPU: gradient clipping moves the
 # clip coefficient to each gradient's own device (a no-op with one device); optimizers read their step
 # counts, which torch keeps on the host (unless capturable=True).
@@ -99,18 +97,14 @@ class HostSyncDetector(TorchFunctionMode):
 
 
 def calls_during_epoch(cfg, tmp_path: Path, steps: int, as_on_a_gpu: dict | None = None) -> collections.Counter:
-    """The detector's findings for one real `Run.train_epoch` cut to its first `steps` batches.
+    """The detector's findings for one real `loop.train_epoch` cut to its first `steps` batches.
     `as_on_a_gpu`: task attributes to set as the task sets them on a GPU."""
     validate(cfg)
-    device = torch.device("cpu")
-    generator = runner.seed_everything(cfg.seed, device)
-    task = TASKS[cfg.task.name](cfg, device)
+    task, regimen, model, generator = loop.build(cfg, torch.device("cpu"))
     for key, value in (as_on_a_gpu or {}).items():
         assert hasattr(task, key)
         setattr(task, key, value)
-    model = task.build_model()
-    run = runner.Run(cfg, tmp_path / f"run{steps}")
-    loop = run.build_loop(task, model, device, generator, torch.autocast("cpu", enabled=False))
+    training = loop.prepare(cfg, task, model, regimen, generator)
     full = task.train_batches
     detector = HostSyncDetector()
 
@@ -121,7 +115,7 @@ def calls_during_epoch(cfg, tmp_path: Path, steps: int, as_on_a_gpu: dict | None
 
     task.train_batches = batches
     with detector:
-        run.train_epoch(loop, 1)
+        loop.train_epoch(training, 1)
     return collections.Counter(detector.calls)
 
 
@@ -136,7 +130,7 @@ def assert_no_per_step_sync(cfg, tmp_path: Path, steps: int, as_on_a_gpu: dict |
 @pytest.fixture(autouse=True)
 def no_periodic_checks(monkeypatch):
     """The non-finite loss check reads one value every NONFINITE_CHECK_EVERY steps by design."""
-    monkeypatch.setattr(runner, "NONFINITE_CHECK_EVERY", 10**9)
+    monkeypatch.setattr(loop, "NONFINITE_CHECK_EVERY", 10**9)
 
 
 def test_the_detector_sees_what_makes_a_gpu_wait():

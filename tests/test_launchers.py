@@ -43,6 +43,7 @@ def test_slurm_preset_composes_for_the_submitit_plugin():
     assert 0 < launcher.signal_delay_s < launcher.timeout_min * 60
 
 
+@pytest.mark.integration
 def test_parallel_preset_runs_a_grid_with_shared_threads(tiny_data_dir, tmp_path, cli_env):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs pip install 'regbench[parallel]'")
     launcher = hydra_cfg("hydra/launcher=parallel").launcher

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from regbench.optim import build_optimizer, build_scheduler, lr_factor
-from regbench.regularizers import clip_gradients
+from regbench.regimen import Regimen
 
 OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
 
@@ -27,7 +27,7 @@ def loss_of(model: nn.Module) -> torch.Tensor:
 def test_every_optimizer_takes_steps_that_lower_the_loss(compose_cfg, name):
     cfg = compose_cfg(f"optimizer={name}", "optimizer.lr=0.01")
     model = quadratic_model()
-    optimizer, decoupled = build_optimizer(cfg, model)
+    optimizer, decoupled = build_optimizer(cfg, model, Regimen.from_config(cfg))
     before = loss_of(model).item()
     for _ in range(20):
         optimizer.zero_grad()
@@ -39,9 +39,9 @@ def test_every_optimizer_takes_steps_that_lower_the_loss(compose_cfg, name):
 
 
 def test_nesterov_and_momentum_are_configured(compose_cfg):
-    opt, _ = build_optimizer(compose_cfg("optimizer=nesterov"), quadratic_model())
+    opt, _ = build_optimizer(compose_cfg("optimizer=nesterov"), quadratic_model(), Regimen.from_config(compose_cfg("optimizer=nesterov")))
     assert opt.param_groups[0]["nesterov"] is True and opt.param_groups[0]["momentum"] == 0.9
-    opt, _ = build_optimizer(compose_cfg("optimizer=momentum"), quadratic_model())
+    opt, _ = build_optimizer(compose_cfg("optimizer=momentum"), quadratic_model(), Regimen.from_config(compose_cfg("optimizer=momentum")))
     assert opt.param_groups[0]["nesterov"] is False and opt.param_groups[0]["momentum"] == 0.9
 
 
@@ -49,7 +49,7 @@ def test_decoupled_weight_decay_shrinks_weights_by_lr_times_wd(compose_cfg):
     cfg = compose_cfg("optimizer=sgd", "optimizer.lr=0.1", "optimizer.weight_decay=0.5",
                       "optimizer.decoupled_weight_decay=true")
     model = quadratic_model()
-    optimizer, decoupled = build_optimizer(cfg, model)
+    optimizer, decoupled = build_optimizer(cfg, model, Regimen.from_config(cfg))
     assert decoupled is not None and optimizer.param_groups[0]["weight_decay"] == 0.0
     w0 = model[0].weight.detach().clone()
     optimizer.zero_grad()
@@ -61,9 +61,9 @@ def test_decoupled_weight_decay_shrinks_weights_by_lr_times_wd(compose_cfg):
 
 
 def test_coupled_weight_decay_goes_to_the_optimizer(compose_cfg):
-    opt, hook = build_optimizer(compose_cfg("optimizer=adam", "optimizer.weight_decay=0.01"), quadratic_model())
+    opt, hook = build_optimizer(compose_cfg("optimizer=adam", "optimizer.weight_decay=0.01"), quadratic_model(), Regimen.from_config(compose_cfg("optimizer=adam", "optimizer.weight_decay=0.01")))
     assert hook is None and isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["weight_decay"] == 0.01
-    opt, hook = build_optimizer(compose_cfg("optimizer=adamw"), quadratic_model())
+    opt, hook = build_optimizer(compose_cfg("optimizer=adamw"), quadratic_model(), Regimen.from_config(compose_cfg("optimizer=adamw")))
     assert hook is None and isinstance(opt, torch.optim.AdamW)
 
 
@@ -82,7 +82,7 @@ def test_schedules(compose_cfg):
 
 def test_scheduler_changes_the_optimizer_lr(compose_cfg):
     cfg = compose_cfg("schedule=cosine", "optimizer=sgd", "optimizer.lr=1.0")
-    opt, _ = build_optimizer(cfg, quadratic_model())
+    opt, _ = build_optimizer(cfg, quadratic_model(), Regimen.from_config(cfg))
     sched = build_scheduler(cfg, opt, steps_per_epoch=5, total_steps=10)
     lrs = []
     for _ in range(10):
@@ -102,22 +102,26 @@ def _global_norm(params: list[nn.Parameter]) -> torch.Tensor:
     return torch.nn.utils.get_total_norm([p.grad for p in params])
 
 
-def test_norm_clipping_bounds_the_global_gradient_norm():
+def clipping(compose_cfg, mode: str, limit: float) -> Regimen:
+    return Regimen.from_config(compose_cfg(f"regularizer.grad_clip.mode={mode}", f"regularizer.grad_clip.max={limit}"))
+
+
+def test_norm_clipping_bounds_the_global_gradient_norm(compose_cfg):
     params = _big_gradients(quadratic_model())
     norm = _global_norm(params)
-    fired = clip_gradients(params, "norm", 0.5, norm)
+    fired = clipping(compose_cfg, "norm", 0.5).clip(params, norm)
     after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
     assert norm.item() > 0.5 and bool(fired) and after.item() == pytest.approx(0.5, rel=1e-4)
 
 
-def test_value_clipping_bounds_every_element():
+def test_value_clipping_bounds_every_element(compose_cfg):
     params = _big_gradients(quadratic_model())
-    fired = clip_gradients(params, "value", 0.01, _global_norm(params))
+    fired = clipping(compose_cfg, "value", 0.01).clip(params, _global_norm(params))
     assert bool(fired) and max(p.grad.abs().max().item() for p in params) <= 0.01
 
 
-def test_no_clipping_leaves_gradients_alone():
+def test_no_clipping_leaves_gradients_alone(compose_cfg):
     params = _big_gradients(quadratic_model())
     before = [p.grad.clone() for p in params]
-    fired = clip_gradients(params, "none", 0.01, _global_norm(params))
+    fired = clipping(compose_cfg, "none", 0.01).clip(params, _global_norm(params))
     assert not bool(fired) and all(torch.equal(a, p.grad) for a, p in zip(before, params))

@@ -16,21 +16,17 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import tiny_overrides
 from regbench import runner
-from regbench.tasks import TASKS
-from regbench.validation import validate
-from test_recommendation import make_ml100k_zip
+from regbench.regimen import Regimen
+from regbench.tasks import build_task
 
 
 def bf16_run_and_fp32_reevaluation(cfg, run_dir):
     """(the bf16 run's record, its best weights evaluated again in fp32, the same under bf16 autocast)."""
-    validate(cfg)
     record = runner.run(cfg, run_dir)
     assert record["status"] == "completed" and record["precision"] == "bf16"
-    device = torch.device("cpu")
-    task = TASKS[cfg.task.name](cfg, device)
-    model = task.build_model()
+    task = build_task(cfg, torch.device("cpu"))
+    model = task.build_model(Regimen.from_config(cfg))
     model.load_state_dict(torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["model"])
     model.eval()
     with torch.no_grad():  # plain fp32, no autocast anywhere
@@ -40,33 +36,26 @@ def bf16_run_and_fp32_reevaluation(cfg, run_dir):
     return record, fp32, bf16
 
 
-def test_cifar10_accuracy_and_loss_are_fp32(compose_cfg, tiny_data_dir, tmp_path):
-    cfg = compose_cfg(*tiny_overrides(tiny_data_dir, tmp_path / "cache", "regularizer=bn",
-                                      "trainer.precision=bf16", "trainer.max_epochs=2"))
+def test_cifar10_accuracy_and_loss_are_fp32(small_cfg, tmp_path):
+    cfg = small_cfg("cifar10", "regularizer=bn", "trainer.precision=bf16", "trainer.max_epochs=2")
     record, fp32, bf16 = bf16_run_and_fp32_reevaluation(cfg, tmp_path / "run")
     for split in ("val", "test", "train"):
         assert record[split] == fp32[split], split
     assert bf16["loss"] != fp32["test"]["loss"]
 
 
-def test_tagging_crf_loss_and_viterbi_are_fp32(compose_cfg, tiny_corpus_dir, tmp_path):
-    cfg = compose_cfg("task=conll", f"data.dir={tiny_corpus_dir}", "trainer.progress=false", "trainer.device=cpu",
-                      "model.hidden=16", "model.word_dim=16", "model.char_hidden=8", "model.char_dim=8",
-                      "trainer.batch_size=8", "trainer.max_epochs=2", "regularizer=bn_dropout",
-                      "trainer.precision=bf16")
+def test_tagging_crf_loss_and_viterbi_are_fp32(small_cfg, tmp_path):
+    cfg = small_cfg("conll", "regularizer=bn_dropout", "trainer.precision=bf16")
     record, fp32, bf16 = bf16_run_and_fp32_reevaluation(cfg, tmp_path / "run")
     for split in ("val", "test", "train"):
         assert record[split] == fp32[split], split
     assert bf16["loss"] != fp32["test"]["loss"]
 
 
-def test_movielens_scores_and_ranks_in_fp32(compose_cfg, tmp_path):
+def test_movielens_scores_and_ranks_in_fp32(small_cfg, tmp_path):
     """The bug this guards against: under bf16, 99.7% of test_topk.csv's scores were exact bf16 values,
     with hundreds of ties inside users' top-20 lists."""
-    (tmp_path / "ml").mkdir()
-    make_ml100k_zip(tmp_path / "ml" / "ml-100k.zip")
-    cfg = compose_cfg("task=movielens", f"data.dir={tmp_path / 'ml'}", "trainer.progress=false",
-                      "trainer.device=cpu", "trainer.max_epochs=2", "trainer.precision=bf16")
+    cfg = small_cfg("movielens", "trainer.max_epochs=2", "trainer.batch_size=2048", "trainer.precision=bf16")
     record, fp32, bf16 = bf16_run_and_fp32_reevaluation(cfg, tmp_path / "run")
     for split in ("val", "test", "train"):
         assert record[split] == fp32[split], split

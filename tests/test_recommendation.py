@@ -11,11 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import SHARED_DATA
-from regbench import ranking, runner
+from conftest import ML_ITEMS, ML_USERS, SHARED_DATA, make_ml100k_zip
+from regbench import ranking
 from regbench.data import interactions, movielens
+from regbench.data.files import sha256_of
 from regbench.errors import ConfigError, DataError
-from regbench.models import two_tower
+from regbench.models import build_model, two_tower
+from regbench.regimen import Regimen
+from regbench.tasks.recommendation import MovieLensTask
 from regbench.validation import validate
 
 # -- ranking metrics ---------------------------------------------------------------------------
@@ -91,40 +94,9 @@ def test_leave_last_out_takes_each_users_latest_interactions_and_filters_are_cou
         assert split.valid[split.valid.user == row.user].timestamp.iloc[0] <= row.timestamp
 
 
-# -- a synthetic ml-100k zip -------------------------------------------------------------------
-
-N_USERS, N_ITEMS = 40, 60
-
-
-def make_ml100k_zip(path: Path, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    lines = []
-    for u in range(1, N_USERS + 1):
-        for i in rng.choice(np.arange(1, N_ITEMS + 1), size=15, replace=False):
-            lines.append(f"{u}\t{i}\t{rng.integers(1, 6)}\t{rng.integers(874724710, 893286638)}")
-    users = [f"{u}|{20 + u}|{'MF'[u % 2]}|{['student', 'writer', 'other'][u % 3]}|0000{u}" for u in range(1, N_USERS + 1)]
-    items = []
-    for i in range(1, N_ITEMS + 1):
-        flags = ["1" if (i + g) % 7 == 0 else "0" for g in range(19)]
-        release = "" if i == 5 else f"01-Jan-19{50 + i % 40}"
-        items.append(f"{i}|Café {i} (19{50 + i % 40})|{release}||http://x|" + "|".join(flags))
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("ml-100k/u.data", "\n".join(lines) + "\n")
-        z.writestr("ml-100k/u.user", "\n".join(users) + "\n")
-        z.writestr("ml-100k/u.item", ("\n".join(items) + "\n").encode("latin-1"))
-    return path
-
-
-@pytest.fixture(scope="module")
-def ml_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("movielens")
-    make_ml100k_zip(folder / "ml-100k.zip")
-    return folder
-
-
-def test_ml100k_loader_reads_latin1_items_genres_years_and_user_features(ml_dir):
-    data = movielens.load("ml-100k", movielens.locate("ml-100k", [ml_dir], allow_download=False))
-    assert len(data.ratings) == N_USERS * 15 and len(data.items) == N_ITEMS and len(data.users) == N_USERS
+def test_ml100k_loader_reads_latin1_items_genres_years_and_user_features(tiny_ml_dir):
+    data = movielens.load("ml-100k", movielens.locate("ml-100k", [tiny_ml_dir], allow_download=False))
+    assert len(data.ratings) == ML_USERS * 15 and len(data.items) == ML_ITEMS and len(data.users) == ML_USERS
     item7 = data.items.set_index("item").loc[7]
     assert item7.year == 1957 and item7.genres == [g for k, g in enumerate(movielens.ML100K_GENRES)
                                                     if (7 + k) % 7 == 0 and g != "unknown"]
@@ -157,25 +129,13 @@ def test_missing_or_broken_files_get_errors_that_say_what_to_do(tmp_path):
         movielens.load("ml-100k", tmp_path / "ml-100k.zip")
 
 
-def rec_overrides(ml_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return ["task=movielens", f"data.dir={ml_dir}", "data.download=false", "trainer.max_epochs=3",
-            "trainer.batch_size=64", "trainer.progress=false", f"paths.output_dir={tmp_path}", *extra]
-
-
-def run_rec(compose_cfg, tmp_path: Path, *overrides: str):
-    cfg = compose_cfg(*overrides)
-    validate(cfg)
-    run_dir = tmp_path / "run"
-    return runner.run(cfg, run_dir), run_dir
-
-
-def test_popularity_run_excludes_seen_items_and_writes_split_and_top_k(compose_cfg, ml_dir, tmp_path):
-    record, run_dir = run_rec(compose_cfg, tmp_path, *rec_overrides(ml_dir, tmp_path, "model=popularity"))
+def test_popularity_run_excludes_seen_items_and_writes_split_and_top_k(small_run):
+    record, run_dir = small_run("movielens", "model=popularity")
     assert record["status"] == "completed" and record["epochs_run"] == 0 and record["best_epoch"] == 0
     assert record["primary_metric"] == "ndcg@10" and 0 <= record["test"]["ndcg@10"] <= 1
     assert {"hit@20", "precision@10", "recall@20", "mrr@10"} <= set(record["test"])
     split = {s: pd.read_csv(run_dir / "split" / f"{s}.csv") for s in ("train", "valid", "test")}
-    assert sum(len(f) for f in split.values()) == N_USERS * 15
+    assert sum(len(f) for f in split.values()) == ML_USERS * 15
     topk = pd.read_csv(run_dir / "test_topk.csv")
     assert list(topk.columns) == ["user", "rank", "item", "score"] and topk["rank"].max() == 20
     seen = set(zip(split["train"].user, split["train"].item)) | set(zip(split["valid"].user, split["valid"].item))
@@ -192,16 +152,15 @@ def test_popularity_run_excludes_seen_items_and_writes_split_and_top_k(compose_c
                                    ["model.loss=bpr", "model.negatives=uniform"],
                                    ["model.loss=softmax", "model.negatives=uniform", "model.num_negatives=4",
                                     "model.score=cosine"]])
-def test_trainable_models_train_with_every_loss(compose_cfg, ml_dir, tmp_path, model, extra):
-    record, run_dir = run_rec(compose_cfg, tmp_path, *rec_overrides(ml_dir, tmp_path, f"model={model}",
-                                                                    "optimizer.lr=0.01", *extra))
+def test_trainable_models_train_with_every_loss(small_run, model, extra):
+    record, run_dir = small_run("movielens", f"model={model}", "optimizer.lr=0.01", *extra)
     assert record["status"] == "completed" and record["epochs_run"] == 3
     history = pd.read_csv(run_dir / "history.csv")
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
 
 
-def test_two_tower_runs_under_the_full_regimen_and_records_clipping(compose_cfg, ml_dir, tmp_path):
-    record, run_dir = run_rec(compose_cfg, tmp_path, *rec_overrides(ml_dir, tmp_path, "regularizer=bn_dropout_gc"))
+def test_two_tower_runs_under_the_full_regimen_and_records_clipping(small_run):
+    record, run_dir = small_run("movielens", "regularizer=bn_dropout_gc")
     history = pd.read_csv(run_dir / "history.csv")
     assert record["status"] == "completed" and np.isfinite(history["train_loss"]).all()
     assert history["clip_rate"].between(0, 1).all()
@@ -210,16 +169,18 @@ def test_two_tower_runs_under_the_full_regimen_and_records_clipping(compose_cfg,
 def test_regimens_map_onto_the_tower_mlps_and_mf_embeddings(compose_cfg):
     inputs = two_tower.TowerInputs(10, [3]), two_tower.TowerInputs(12, [4], 5)
     # bn's layers are "all" (embeddings and MLP layer, in both towers); dropout's "default" is the MLP only
+    def build(*overrides):
+        cfg = compose_cfg("task=movielens", *overrides)
+        return build_model(cfg, Regimen.from_config(cfg), exclude=MovieLensTask.task_model_keys, users=inputs[0],
+                           items=inputs[1], item_counts=None)
+
     for regimen, bn, drop in (("none", 0, 0), ("bn", 4, 0), ("dropout", 0, 2), ("bn_dropout", 4, 2)):
-        cfg = compose_cfg("task=movielens", f"regularizer={regimen}")
-        model = two_tower.build(cfg, users=inputs[0], items=inputs[1])
+        model = build(f"regularizer={regimen}")
         kinds = [type(m) for m in model.modules()]
         assert (kinds.count(torch.nn.BatchNorm1d), kinds.count(torch.nn.Dropout)) == (bn, drop), regimen
         assert torch.nn.Dropout not in [type(m) for m in model.user_tower.input_layer]
-    cfg = compose_cfg("task=movielens", "regularizer=dropout", "regularizer.dropout.layers=all")
-    assert len(two_tower.build(cfg, users=inputs[0], items=inputs[1]).user_tower.input_layer) == 1
-    mf = two_tower.build(compose_cfg("task=movielens", "model=mf", "regularizer=bn_dropout"), users=inputs[0],
-                         items=inputs[1])
+    assert len(build("regularizer=dropout", "regularizer.dropout.layers=all").user_tower.input_layer) == 1
+    mf = build("model=mf", "regularizer=bn_dropout")
     assert mf.user_tower.project is None and [type(m) for m in mf.user_tower.input_layer] == [
         torch.nn.BatchNorm1d, torch.nn.Dropout]
 
@@ -239,11 +200,11 @@ def test_bad_recommendation_config_is_named(compose_cfg, override, message):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "movielens" / "ml-100k.zip").is_file(), reason="../shared/data is absent")
-def test_real_ml100k_mf_beats_popularity(compose_cfg, tmp_path):
-    base = ["task=movielens", f"paths.data_dir={SHARED_DATA}", "data.download=false", "trainer.progress=false",
-            "trainer.save_checkpoint=false"]
-    pop, _ = run_rec(compose_cfg, tmp_path / "pop", *base, "model=popularity")
-    mf, _ = run_rec(compose_cfg, tmp_path / "mf", *base, "model=mf", "optimizer.lr=0.005", "trainer.max_epochs=12")
+def test_real_ml100k_mf_beats_popularity(small_run):
+    base = ["data.dir=null", f"paths.data_dir={SHARED_DATA}", "trainer.save_checkpoint=false",
+            "trainer.batch_size=2048"]
+    pop, _ = small_run("movielens", *base, "model=popularity", name="pop")
+    mf, _ = small_run("movielens", *base, "model=mf", "optimizer.lr=0.005", "trainer.max_epochs=12", name="mf")
     assert pop["data"]["users"] == 943 and pop["data"]["items"] == 1682 and pop["data"]["users_without_test"] == 0
     assert pop["data"]["train_interactions"] + pop["data"]["valid_interactions"] + pop["data"]["test_interactions"] \
         == 100_000
@@ -267,23 +228,19 @@ def test_a_malformed_ratings_line_is_named_with_its_file_and_line(tmp_path):
             movielens.load("ml-100k", folder / "ml-100k.zip")
 
 
-def test_a_zip_whose_sha256_differs_is_refused_with_both_hashes(compose_cfg, ml_dir, tmp_path):
-    from regbench.data.files import sha256_of
-
-    actual = sha256_of(ml_dir / "ml-100k.zip")
-    record, _ = run_rec(compose_cfg, tmp_path, *rec_overrides(ml_dir, tmp_path, "model=popularity",
-                                                              f"data.sha256={actual}"))
+def test_a_zip_whose_sha256_differs_is_refused_with_both_hashes(small_run, tiny_ml_dir):
+    actual = sha256_of(tiny_ml_dir / "ml-100k.zip")
+    record, _ = small_run("movielens", "model=popularity", f"data.sha256={actual}")
     assert record["data"]["sha256"] == actual
-    cfg = compose_cfg(*rec_overrides(ml_dir, tmp_path, "model=popularity", "data.sha256=" + "0" * 64))
     with pytest.raises(DataError, match=f"has sha256 {actual}, but {'0' * 64} was expected"):
-        runner.run(cfg, tmp_path / "refused")
+        small_run("movielens", "model=popularity", "data.sha256=" + "0" * 64, name="refused")
 
 
-def test_compiled_training_matches_eager_and_reports_compile_time(compose_cfg, ml_dir, tmp_path):
+def test_compiled_training_matches_eager_and_reports_compile_time(small_run):
     """trainer.compile=true: torch.compile trains the model; the first step's compilation is timed apart."""
-    base = rec_overrides(ml_dir, tmp_path, "model=mf", "trainer.max_epochs=2", "trainer.save_checkpoint=false")
-    eager, _ = run_rec(compose_cfg, tmp_path / "eager", *base)
-    compiled, _ = run_rec(compose_cfg, tmp_path / "compiled", *base, "trainer.compile=true")
+    base = ("model=mf", "trainer.max_epochs=2", "trainer.save_checkpoint=false")
+    eager, _ = small_run("movielens", *base, name="eager")
+    compiled, _ = small_run("movielens", *base, "trainer.compile=true", name="compiled")
     assert eager["compile_time_s"] is None and compiled["compile_time_s"] > 0
     assert compiled["train_time_s"] < compiled["compile_time_s"]  # compilation is not training time
     assert compiled["run_id"] != eager["run_id"]

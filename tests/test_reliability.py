@@ -16,6 +16,8 @@ import torch
 
 from conftest import tiny_overrides
 
+pytestmark = pytest.mark.integration  # every test here starts processes
+
 
 def start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "regbench", *args], stdout=subprocess.PIPE,
@@ -146,7 +148,7 @@ def _rebuild(sweep: str) -> None:
 def test_results_csv_keeps_every_row_when_jobs_finish_at_the_same_moment(tmp_path):
     import multiprocessing
 
-    from regbench.results import write_json_atomic
+    from regbench.fileio import write_json_atomic
 
     for job in range(12):
         write_json_atomic(tmp_path / str(job) / "metrics.json", {"status": "completed", "task": "cifar10", "seed": job,

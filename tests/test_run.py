@@ -7,27 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import tiny_overrides
-from regbench import runner
-from regbench.results import read_metrics
-from regbench.validation import validate
-
-RECORD_KEYS = {"status", "task", "model", "regularizer", "optimizer", "seed", "best_epoch", "epochs_run", "train",
-               "val", "test", "params", "flops_per_example", "train_time_s", "peak_memory_bytes", "device",
-               "versions", "gap", "eval_time_s", "wall_time_s", "data", "primary_metric"}
+from regbench.record import RECORD_KEYS, read_metrics
 
 
-def train(compose_cfg, tiny_data_dir, tmp_path, *extra, name="run"):
-    cfg = compose_cfg(*tiny_overrides(tiny_data_dir, tmp_path / "cache", *extra))
-    validate(cfg)
-    return runner.run(cfg, tmp_path / name), tmp_path / name
-
-
-def test_one_epoch_run_writes_every_file_of_the_record(compose_cfg, tiny_data_dir, tmp_path):
-    record, run_dir = train(compose_cfg, tiny_data_dir, tmp_path, "regularizer=bn_dropout_gc")
+def test_one_epoch_run_writes_every_file_of_the_record(small_run, tmp_path):
+    record, run_dir = small_run("cifar10", "regularizer=bn_dropout_gc")
     on_disk = read_metrics(run_dir)
     assert on_disk == json.loads(json.dumps(record))
-    assert RECORD_KEYS <= set(on_disk)
+    assert set(on_disk) == set(RECORD_KEYS) - {"traceback"}  # one schema: every key, nothing else
     assert on_disk["status"] == "completed" and on_disk["regularizer"] == "bn_dropout_gc"
     assert on_disk["best_epoch"] == 1 and on_disk["epochs_run"] == 1
     for split in ("train", "val", "test"):
@@ -36,6 +23,7 @@ def test_one_epoch_run_writes_every_file_of_the_record(compose_cfg, tiny_data_di
     assert on_disk["params"] > 1000 and on_disk["flops_per_example"] > on_disk["params"]
     assert on_disk["train_time_s"] > 0 and on_disk["peak_memory_bytes"] > 0 and on_disk["device"] == "cpu"
     assert on_disk["versions"]["torch"] == torch.__version__
+    assert on_disk["git_dirty"] in (True, False, None) and (on_disk["git_dirty"] is None) == (on_disk["git_commit"] is None)
     # cost figures: trainable = total here; the checkpoint holds the weights plus a little metadata
     assert on_disk["params_trainable"] == on_disk["params"] and on_disk["higher_is_better"] is True
     assert on_disk["params"] * 4 < on_disk["model_size_bytes"] < on_disk["checkpoint_bytes"]
@@ -55,11 +43,11 @@ def test_one_epoch_run_writes_every_file_of_the_record(compose_cfg, tiny_data_di
     assert checkpoint["epoch"] == 1 and "features.bn1.weight" in checkpoint["model"]
 
 
-def test_same_seed_gives_identical_metrics_and_another_seed_does_not(compose_cfg, tiny_data_dir, tmp_path):
+def test_same_seed_gives_identical_metrics_and_another_seed_does_not(small_run, tmp_path):
     extra = ("regularizer=bn_dropout", "trainer.max_epochs=2", "trainer.resume=false")  # train b, do not reuse a
-    a, _ = train(compose_cfg, tiny_data_dir, tmp_path, *extra, name="a")
-    b, _ = train(compose_cfg, tiny_data_dir, tmp_path, *extra, name="b")
-    c, _ = train(compose_cfg, tiny_data_dir, tmp_path, *extra, "seed=1", name="c")
+    a, _ = small_run("cifar10", *extra, name="a")
+    b, _ = small_run("cifar10", *extra, name="b")
+    c, _ = small_run("cifar10", *extra, "seed=1", name="c")
     for split in ("train", "val", "test"):
         assert a[split] == b[split]
     assert pd.read_csv(tmp_path / "a" / "history.csv")["train_loss"].tolist() == \
@@ -67,24 +55,24 @@ def test_same_seed_gives_identical_metrics_and_another_seed_does_not(compose_cfg
     assert a["val"]["loss"] != c["val"]["loss"]
 
 
-def test_training_learns_the_tiny_task(compose_cfg, tiny_data_dir, tmp_path):
-    record, run_dir = train(compose_cfg, tiny_data_dir, tmp_path, "regularizer=bn", "trainer.max_epochs=8",
+def test_training_learns_the_tiny_task(small_run, tmp_path):
+    record, run_dir = small_run("cifar10", "regularizer=bn", "trainer.max_epochs=8",
                             "model.width=0.125", "optimizer=adam", "optimizer.lr=0.003", "data.augment.crop_padding=0")
     history = pd.read_csv(run_dir / "history.csv")
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     assert record["test"]["accuracy"] > 0.3  # chance is 0.1; the classes differ by colour
 
 
-def test_clipping_fires_and_is_recorded(compose_cfg, tiny_data_dir, tmp_path):
-    _, run_dir = train(compose_cfg, tiny_data_dir, tmp_path, "regularizer=bn_dropout_gc",
+def test_clipping_fires_and_is_recorded(small_run, tmp_path):
+    _, run_dir = small_run("cifar10", "regularizer=bn_dropout_gc",
                        "regularizer.grad_clip.max=1e-6")
     assert pd.read_csv(run_dir / "history.csv")["clip_rate"].iloc[0] == 1.0
-    _, run_dir = train(compose_cfg, tiny_data_dir, tmp_path, "regularizer=bn", name="noclip")
+    _, run_dir = small_run("cifar10", "regularizer=bn", name="noclip")
     assert pd.read_csv(run_dir / "history.csv")["clip_rate"].iloc[0] == 0.0
 
 
-def test_nonfinite_loss_ends_the_run_as_diverged_with_a_complete_record(compose_cfg, tiny_data_dir, tmp_path):
-    record, run_dir = train(compose_cfg, tiny_data_dir, tmp_path, "regularizer=none", "optimizer=sgd",
+def test_nonfinite_loss_ends_the_run_as_diverged_with_a_complete_record(small_run, tmp_path):
+    record, run_dir = small_run("cifar10", "regularizer=none", "optimizer=sgd",
                             "optimizer.lr=1e12", "trainer.max_epochs=3", "trainer.batch_size=4")
     on_disk = read_metrics(run_dir)
     assert on_disk["status"] == "diverged" and record["status"] == "diverged"
@@ -92,9 +80,9 @@ def test_nonfinite_loss_ends_the_run_as_diverged_with_a_complete_record(compose_
     assert (run_dir / "history.csv").is_file()
 
 
-def test_l1_penalty_shrinks_weights(compose_cfg, tiny_data_dir, tmp_path):
+def test_l1_penalty_shrinks_weights(small_run, tmp_path):
     def weight_l1(name: str, *extra: str) -> float:
-        _, run_dir = train(compose_cfg, tiny_data_dir, tmp_path, "optimizer=sgd", "optimizer.weight_decay=0",
+        _, run_dir = small_run("cifar10", "optimizer=sgd", "optimizer.weight_decay=0",
                            "trainer.max_epochs=2", *extra, name=name)
         state = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["model"]
         return sum(v.abs().sum().item() for k, v in state.items() if k.endswith("weight"))
@@ -102,7 +90,7 @@ def test_l1_penalty_shrinks_weights(compose_cfg, tiny_data_dir, tmp_path):
     assert weight_l1("l1", "penalty.l1=0.01") < weight_l1("plain")
 
 
-def test_failure_is_recorded_before_the_error_propagates(compose_cfg, tiny_data_dir, tmp_path, monkeypatch):
+def test_failure_is_recorded_before_the_error_propagates(small_run, tmp_path, monkeypatch):
     from regbench.tasks.cifar10 import Cifar10Task
 
     def boom(self, model, batch):
@@ -110,6 +98,6 @@ def test_failure_is_recorded_before_the_error_propagates(compose_cfg, tiny_data_
 
     monkeypatch.setattr(Cifar10Task, "training_step", boom)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(compose_cfg, tiny_data_dir, tmp_path)
+        small_run("cifar10")
     record = read_metrics(tmp_path / "run")
     assert record["status"] == "failed" and "simulated crash" in record["error"]

@@ -20,6 +20,8 @@ import pytest
 
 from conftest import tiny_overrides
 
+pytestmark = pytest.mark.integration  # every test here starts processes
+
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs pip install 'regbench[slurm]'")
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"

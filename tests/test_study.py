@@ -3,7 +3,6 @@ runs, the same files in OUTDIR, and a deadline that stops unfinished runs as `in
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -11,21 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_recommendation import make_ml100k_zip
+
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "study.sh"
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def study_data(tmp_path, tiny_data_dir, tiny_corpus_dir) -> Path:
-    """A data folder laid out as study_prepare.sh lays out the real one, with tiny datasets."""
-    data = tmp_path / "data"
-    shutil.copytree(tiny_data_dir / "cifar10-jpeg", data / "cifar10" / "cifar10-jpeg")
-    shutil.copytree(tiny_corpus_dir, data / "conll2003")
-    (data / "movielens").mkdir()
-    make_ml100k_zip(data / "movielens" / "ml-100k.zip")
-    return data
 
 
 def study(tmp_path, data, env, *args) -> tuple[subprocess.CompletedProcess, Path]:
@@ -41,8 +29,8 @@ def records(out: Path) -> list[dict]:
         return [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith("metrics.json")]
 
 
-def test_one_seed_of_the_fifteen_configurations_and_its_summary(tmp_path, study_data, cli_env):
-    result, out = study(tmp_path, study_data, cli_env, "--seeds", "0", "--jobs", "cifar10=2", "conll2003=2",
+def test_one_seed_of_the_fifteen_configurations_and_its_summary(tmp_path, tiny_study_data, cli_env):
+    result, out = study(tmp_path, tiny_study_data, cli_env, "--seeds", "0", "--jobs", "cifar10=2", "conll2003=2",
                         "movielens=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # what a device call returns: a handful of files, none deeper than OUTDIR
@@ -63,10 +51,10 @@ def test_one_seed_of_the_fifteen_configurations_and_its_summary(tmp_path, study_
     assert any(n.startswith("summary/plots/") for n in names)
 
 
-def test_the_deadline_stops_unfinished_runs_as_interrupted_and_keeps_them(tmp_path, study_data, cli_env):
+def test_the_deadline_stops_unfinished_runs_as_interrupted_and_keeps_them(tmp_path, tiny_study_data, cli_env):
     """Runs that cannot finish in time get SIGTERM before the deadline, record `interrupted`, and the
     next seed is not started; what there is still comes back."""
-    result, out = study(tmp_path, study_data, cli_env, "trainer.max_epochs=100000",
+    result, out = study(tmp_path, tiny_study_data, cli_env, "trainer.max_epochs=100000",
                         "trainer.early_stopping.patience=0", "--tasks", "movielens",
                         "--seeds", "0", "1", "--deadline", "45", "--stop-grace", "25")
     assert "seed 1: not started" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]

@@ -3,32 +3,22 @@ training runs on tiny corpora written in the on-disk formats of CoNLL-2003 / CoN
 from __future__ import annotations
 
 import gzip
-import random
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, tiny_corpus, write
 from regbench import runner
 from regbench.data.conll import Sentence, read_conll
 from regbench.errors import ConfigError, DataError
-from regbench.models import bilstm
-from regbench.tasks.tagging import UNK, Vocabulary, case_class, normalise_word, replace_singletons
+from regbench.models import bilstm, build_model
+from regbench.regimen import Regimen
+from regbench.tasks.tagging import UNK, TaggingTask, Vocabulary, case_class, normalise_word, replace_singletons
 from regbench.validation import validate
 
 # -- reader -------------------------------------------------------------------------------------
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".gz":
-        with gzip.open(path, "wt", encoding="utf-8") as fh:
-            fh.write(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
 
 
 def test_reader_handles_docstart_tabs_blank_runs_and_trailing_blank_lines(tmp_path):
@@ -111,7 +101,8 @@ def test_word_normalisation_and_case_classes():
 def build_tagger(compose_cfg, *overrides: str) -> bilstm.BiLSTMTagger:
     cfg = compose_cfg("task=conll", "data.dir=/unused", *overrides)
     validate(cfg)
-    return bilstm.build(cfg, num_words=50, num_chars=20, num_tags=5)
+    return build_model(cfg, Regimen.from_config(cfg), exclude=TaggingTask.task_model_keys, num_words=50,
+                       num_chars=20, num_tags=5)
 
 
 @pytest.mark.parametrize("regularizer,norms,dropouts", [
@@ -167,39 +158,8 @@ def test_forward_loss_decode_shapes(compose_cfg, char, crf):
 
 # -- real runs on tiny corpora -------------------------------------------------------------------
 
-PEOPLE = ["Smith", "Jones", "Brown", "Miller", "Davis"]
-PLACES = ["Paris", "Berlin", "Madrid", "Rome", "Vienna"]
-FILLER = ["the", "a", "said", "went", "to", "on", "today", "visited", "met", "in"]
-
-
-def tiny_corpus(n: int, seed: int) -> str:
-    """NER-like sentences: `Mr <Name>` is a PER span, `in <Place>` a LOC span."""
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n):
-        for _ in range(rng.randint(1, 3)):
-            for _ in range(rng.randint(0, 3)):
-                lines.append(f"{rng.choice(FILLER)} O")
-            if rng.random() < 0.5:
-                lines += ["Mr B-PER", f"{rng.choice(PEOPLE)} I-PER"]
-            else:
-                lines += ["in O", f"{rng.choice(PLACES)} B-LOC"]
-        lines.append(". O")
-        lines.append("")
-    return "\n".join(lines) + "\n"
-
-
-def run_tagging(compose_cfg, tmp_path, *overrides):
-    cfg = compose_cfg("trainer.progress=false", "trainer.device=cpu", "model.hidden=16", "model.word_dim=16",
-                      "model.char_hidden=8", "model.char_dim=8", "trainer.batch_size=8", *overrides)
-    validate(cfg)
-    run_dir = tmp_path / "run"
-    return runner.run(cfg, run_dir), run_dir
-
-
-def test_generic_conll_run_learns_and_writes_predictions(compose_cfg, tmp_path, tiny_corpus_dir):
-    record, run_dir = run_tagging(compose_cfg, tmp_path, "task=conll", f"data.dir={tiny_corpus_dir}",
-                                  "regularizer=bn_dropout_gc", "trainer.max_epochs=6", "optimizer.lr=0.01")
+def test_generic_conll_run_learns_and_writes_predictions(small_run, compose_cfg, tmp_path, tiny_corpus_dir):
+    record, run_dir = small_run("conll", "regularizer=bn_dropout_gc", "trainer.max_epochs=6", "optimizer.lr=0.01")
     assert record["status"] == "completed" and record["primary_metric"] == "f1"
     for key in ("f1", "precision", "recall", "accuracy", "loss"):
         assert key in record["test"]
@@ -215,35 +175,35 @@ def test_generic_conll_run_learns_and_writes_predictions(compose_cfg, tmp_path, 
     assert len(first) == 3 and first[0] == test_sents[0].tokens[0] and first[1] == test_sents[0].tags[0]
 
 
-def test_conll2003_layout_and_original_four_column_files(compose_cfg, tmp_path):
+def test_conll2003_layout_and_original_four_column_files(small_run, compose_cfg, tmp_path):
     data = tmp_path / "data"
     for split, name in (("train", "eng.train"), ("valid", "eng.testa"), ("test", "eng.testb")):
         body = tiny_corpus(20 if split == "train" else 5, hash(split) % 100)
         four = "\n".join(f"{line.split()[0]} NN B-NP {line.split()[1]}" if line else "" for line in body.split("\n"))
         write(data / "conll2003" / name, "-DOCSTART- -X- -X- O\n\n" + four)
-    record, run_dir = run_tagging(compose_cfg, tmp_path, "task=conll2003", f"paths.data_dir={data}",
+    record, run_dir = small_run("conll2003", f"paths.data_dir={data}",
                                   "trainer.max_epochs=1")
     assert record["status"] == "completed" and record["data"]["n_train_sentences"] == 20
     assert set(record["data"]["tags"]) == {"O", "B-PER", "I-PER", "B-LOC"}
 
 
-def test_conll2000_carves_validation_from_train_and_keeps_unseen_test_tags(compose_cfg, tmp_path):
+def test_conll2000_carves_validation_from_train_and_keeps_unseen_test_tags(small_run, compose_cfg, tmp_path):
     data = tmp_path / "data" / "conll2000"
     write(data / "train.txt.gz", tiny_corpus(40, 0))
     write(data / "test.txt.gz", tiny_corpus(10, 1) + "Lonely B-LST\n\n")
-    record, _ = run_tagging(compose_cfg, tmp_path, "task=conll2000", f"paths.data_dir={data.parent}",
+    record, _ = small_run("conll2000", f"paths.data_dir={data.parent}",
                             "data.val_size=10", "trainer.max_epochs=1")
     assert record["data"]["n_train_sentences"] == 30 and record["data"]["n_val_sentences"] == 10
     assert record["data"]["n_test_sentences"] == 11 and "LST" in record["test"]["per_type"]
 
 
-def test_missing_conll2000_offline_names_the_files(compose_cfg, tmp_path):
+def test_missing_conll2000_offline_names_the_files(small_run, compose_cfg, tmp_path):
     with pytest.raises(DataError, match=r"train.txt.gz and test.txt.gz.*data.download=true"):
-        run_tagging(compose_cfg, tmp_path, "task=conll2000", f"paths.data_dir={tmp_path / 'none'}",
+        small_run("conll2000", f"paths.data_dir={tmp_path / 'none'}",
                     "data.download=false")
 
 
-def test_generic_conll_needs_a_dir_and_rejects_unseen_tags(compose_cfg, tmp_path, tiny_corpus_dir):
+def test_generic_conll_needs_a_dir_and_rejects_unseen_tags(small_run, compose_cfg, tmp_path, tiny_corpus_dir):
     with pytest.raises(ConfigError, match="data.dir"):
         validate(compose_cfg("task=conll"))
     corpus = tmp_path / "corpus"
@@ -251,14 +211,14 @@ def test_generic_conll_needs_a_dir_and_rejects_unseen_tags(compose_cfg, tmp_path
     write(corpus / "dev.txt", "Ann B-ORG\n\n")
     write(corpus / "test.txt", tiny_corpus(3, 1))
     with pytest.raises(DataError, match=r"dev.txt sentence 1: tag 'B-ORG' never occurs"):
-        run_tagging(compose_cfg, tmp_path, "task=conll", f"data.dir={corpus}")
+        small_run("conll", f"data.dir={corpus}")
 
 
-def test_a_non_span_tagset_is_scored_by_token_accuracy(compose_cfg, tmp_path):
+def test_a_non_span_tagset_is_scored_by_token_accuracy(small_run, compose_cfg, tmp_path):
     corpus = tmp_path / "pos"
     for split in ("train", "valid", "test"):
         write(corpus / f"{split}.txt", "the DT\ncat NN\nsat VBD\n\na DT\ndog NN\n\n")
-    record, _ = run_tagging(compose_cfg, tmp_path, "task=conll", f"data.dir={corpus}", "trainer.max_epochs=1")
+    record, _ = small_run("conll", f"data.dir={corpus}", "trainer.max_epochs=1")
     assert record["primary_metric"] == "accuracy" and "f1" not in record["test"]
 
 
@@ -269,8 +229,8 @@ def test_cnn13_does_not_fit_a_tagging_task(compose_cfg):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "conll2003" / "train.txt").is_file(), reason="../shared/data is absent")
-def test_short_real_conll2003_run_beats_the_all_o_baseline(compose_cfg, tmp_path):
-    record, _ = run_tagging(compose_cfg, tmp_path, "task=conll2003", f"paths.data_dir={SHARED_DATA}",
+def test_short_real_conll2003_run_beats_the_all_o_baseline(small_run, compose_cfg, tmp_path):
+    record, _ = small_run("conll2003", f"paths.data_dir={SHARED_DATA}",
                             "data.limit_train=1000", "data.limit_eval=300", "trainer.max_epochs=4",
                             "model.hidden=100", "model.word_dim=50", "model.char_hidden=30", "regularizer=bn",
                             "optimizer.lr=0.003", "trainer.batch_size=16")

@@ -36,6 +36,7 @@ def runs(tmp_path) -> list[dict]:
     return [json.loads(p.read_text()) for p in (tmp_path / "outputs").glob("sweeps/*/*/metrics.json")]
 
 
+@pytest.mark.integration
 def test_a_search_stores_validation_scores_and_continues_after_a_crash(tiny_data_dir, tmp_path, cli_env):
     search(tiny_data_dir, tmp_path, cli_env, n_trials=3)
     study = load_study(tmp_path)
