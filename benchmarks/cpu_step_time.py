@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
-from regbench.models import cnn13
+from regbench.models import build_model
 from regbench.optim import build_optimizer
+from regbench.regimen import Regimen
 
 
 def main() -> None:
@@ -33,8 +34,9 @@ def main() -> None:
         with initialize_config_module(config_module="regbench.conf", version_base="1.3"):
             cfg = compose("config", overrides=[f"model.width={width}", f"regularizer={args.regularizer}"])
         torch.manual_seed(0)
-        model = cnn13.build(cfg, num_classes=10, in_channels=3).train()
-        optimizer, _ = build_optimizer(cfg, model)
+        regimen = Regimen.from_config(cfg)
+        model = build_model(cfg, regimen, num_classes=10, in_channels=3).train()
+        optimizer, _ = build_optimizer(cfg, model, regimen)
         x = torch.randn(args.batch_size, 3, 32, 32)
         y = torch.randint(0, 10, (args.batch_size,))
         times = []

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from hydra import compose, initialize_config_module
 
-from regbench import runner
+from regbench import loop, runner
 
 
 def matrix_rate(device: torch.device, n: int, repeats: int) -> float:
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script on a CPU")
     parser.add_argument("overrides", nargs="*", help="more regbench overrides")
     opts = parser.parse_args()
-    device = runner.resolve_device("auto")
+    device = loop.resolve_device("auto")
     n, repeats = (512, 3) if opts.smoke else (8192, 50)
     rate = matrix_rate(device, n, repeats)
     overrides = ["task=cifar10", "regularizer=bn_dropout", f"trainer.max_epochs={opts.epochs}",

@@ -18,10 +18,9 @@ import time
 import torch
 from hydra import compose, initialize_config_module
 
+from regbench import loop
 from regbench.gradients import GradientMonitor, Thresholds
 from regbench.optim import build_optimizer
-from regbench.seeding import seed_everything
-from regbench.tasks import TASKS
 
 SETUPS = {
     "cifar10 cnn13 w0.25": ["task=cifar10", "model.width=0.25", "regularizer=bn_dropout", "data.limit_train=2048"],
@@ -63,11 +62,9 @@ def main() -> None:
     for name in args.setups:
         with initialize_config_module(config_module="regbench.conf", version_base="1.3"):
             cfg = compose("config", overrides=[*SETUPS[name], "trainer.device=cpu", "trainer.progress=false"])
-        generator = seed_everything(0)
-        task = TASKS[cfg.task.name](cfg, torch.device("cpu"))
-        model = task.build_model()
+        task, regimen, model, generator = loop.build(cfg, torch.device("cpu"))
         model.train()
-        optimizer, _ = build_optimizer(cfg, model)
+        optimizer, _ = build_optimizer(cfg, model, regimen)
         batches = []
         for batch in task.train_batches(generator):
             batches.append(batch)

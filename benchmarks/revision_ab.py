@@ -5,7 +5,7 @@
 The `regbench` package of revision REV is exported from git (`git archive`) under another name
 (`regbench_<rev>`, imports rewritten), so both versions load into one process. Each setup builds the
 same task, model and loop with each version and trains one epoch of each in turn through
-`Run.train_epoch`, the order flipping every round, so the machine's drift (large on a shared 2-core
+`train_epoch`, the order flipping every round, so the machine's drift (large on a shared 2-core
 VM: about +-30 % between minutes) hits both alike. It prints the median epoch seconds of each and their
 ratio (old / new: above 1 means this checkout is faster). The configs come from this checkout.
 """
@@ -57,14 +57,35 @@ def export_revision(rev: str, into: Path) -> str:
     return name
 
 
-def build(package: str, cfg, device: torch.device, tmp: Path):
-    runner = import_module(f"{package}.runner")
-    generator = import_module(f"{package}.seeding").seed_everything(0)
-    task = import_module(f"{package}.tasks").TASKS[cfg.task.name](cfg, device)
-    torch.manual_seed(0)
-    model = task.build_model()
-    run = runner.Run(cfg, tmp)
-    return run, run.build_loop(task, model, device, generator, torch.autocast("cpu", enabled=False))
+class EpochTrainer:
+    """One package's task, model and training loop, trained an epoch at a time. Revisions since the loop
+    got its own module use it; earlier ones (before the restructuring of 2026-12-01) train through
+    `Run.build_loop` and `Run.train_epoch`."""
+
+    def __init__(self, package: str, cfg, device: torch.device, tmp: Path) -> None:
+        try:
+            loop = import_module(f"{package}.loop")
+        except ModuleNotFoundError:
+            loop = None
+        if loop is not None and hasattr(loop, "build"):
+            task, regimen, model, generator = loop.build(cfg, device)
+            self.training = loop.prepare(cfg, task, model, regimen, generator)
+            self.steps_per_epoch = self.training.steps_per_epoch
+            self._epoch = lambda epoch: loop.train_epoch(self.training, epoch)
+        else:
+            runner = import_module(f"{package}.runner")
+            generator = import_module(f"{package}.seeding").seed_everything(0)
+            task = import_module(f"{package}.tasks").TASKS[cfg.task.name](cfg, device)
+            torch.manual_seed(0)
+            model = task.build_model()
+            run = runner.Run(cfg, tmp)
+            self.training = run.build_loop(task, model, device, generator, torch.autocast("cpu", enabled=False))
+            self.steps_per_epoch = self.training.steps_per_epoch
+            self._epoch = lambda epoch: run.train_epoch(self.training, epoch)
+
+    def train_epoch(self, epoch: int):
+        """The epoch's result (.seconds, .metrics, ...)."""
+        return self._epoch(epoch)
 
 
 def main() -> None:
@@ -86,13 +107,12 @@ def main() -> None:
             with initialize_config_module(config_module="regbench.conf", version_base="1.3"):
                 cfg = compose("config", overrides=[*SETUPS[name], "trainer.progress=false", "trainer.device=cpu",
                                                      *opts.overrides])
-            sides = {label: build(package, cfg, device, Path(tmp) / label)
+            sides = {label: EpochTrainer(package, cfg, device, Path(tmp) / label)
                      for label, package in (("old", old), ("new", "regbench"))}
             seconds: dict[str, list[float]] = {"old": [], "new": []}
             for round_ in range(opts.rounds + 1):  # round 0 warms up both
                 for label in (("old", "new") if round_ % 2 else ("new", "old")):
-                    run, loop = sides[label]
-                    took = run.train_epoch(loop, round_ + 1).seconds
+                    took = sides[label].train_epoch(round_ + 1).seconds
                     if round_:
                         seconds[label].append(took)
             med = {k: statistics.median(v) for k, v in seconds.items()}

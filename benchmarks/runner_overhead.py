@@ -5,7 +5,7 @@
 Both loops train the same model (same initial weights, same optimizer) on the same batches, drawn by the
 task's own on-device batching from generators with the same seed, at the same batch size:
 
-- regbench: `Run.train_epoch`, the exact loop every run uses (gradient monitor with per-layer norms,
+- regbench: `loop.train_epoch`, the exact loop every run uses (gradient monitor with per-layer norms,
   clipping, LR schedule, on-device statistics, the non-finite check, the stop-signal check);
 - minimal: `for batch in batches: loss = step(batch); zero_grad(); backward(); step()`.
 
@@ -17,17 +17,13 @@ import argparse
 import os
 import platform
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
 
+from regbench import loop
 from regbench.optim import build_optimizer
-from regbench.runner import Run
-from regbench.seeding import seed_everything
-from regbench.tasks import TASKS
 from regbench.tasks.base import batch_rows
 
 SETUPS = {
@@ -61,32 +57,27 @@ def main() -> None:
     print("| setup | batch | regbench examples/s (min-max) | minimal loop examples/s (min-max) | ratio of medians |")
     print("|---|---:|---:|---:|---:|")
     device = torch.device("cpu")
-    autocast = torch.autocast("cpu", enabled=False)
     for name in [list(SETUPS)[i] for i in opts.setup]:
         with initialize_config_module(config_module="regbench.conf", version_base="1.3"):
             cfg = compose("config", overrides=[*SETUPS[name], "trainer.progress=false", "trainer.device=cpu"])
-        seed_everything(0)
-        task = TASKS[cfg.task.name](cfg, device)
+        task, regimen, ours, _ = loop.build(cfg, device)
         torch.manual_seed(0)
-        ours = task.build_model()
-        torch.manual_seed(0)
-        theirs = task.build_model()
-        with tempfile.TemporaryDirectory() as tmp:
-            run = Run(cfg, Path(tmp))
-            gen_ours, gen_theirs = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-            loop = run.build_loop(task, ours, device, gen_ours, autocast)
-            optimizer, _ = build_optimizer(cfg, theirs)
-            rates: dict[str, list[float]] = {"regbench": [], "minimal": []}
-            for round_ in range(opts.rounds + 1):  # round 0 warms up both
-                for which in (("regbench", "minimal") if round_ % 2 else ("minimal", "regbench")):
-                    if which == "regbench":
-                        seconds = run.train_epoch(loop, round_ + 1).seconds
-                    else:
-                        seconds, _ = minimal_epoch(task, theirs, optimizer, gen_theirs)
-                    if round_:  # both loops go through the same number of examples per epoch
-                        rates[which].append(seconds)
-            examples = sum(batch_rows(b) for b in task.train_batches(torch.Generator().manual_seed(0)))
-            rates = {k: [examples / s for s in v] for k, v in rates.items()}
+        theirs = task.build_model(regimen)
+        theirs.load_state_dict(ours.state_dict())  # the same initial weights
+        gen_ours, gen_theirs = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+        training = loop.prepare(cfg, task, ours, regimen, gen_ours)
+        optimizer, _ = build_optimizer(cfg, theirs, regimen)
+        rates: dict[str, list[float]] = {"regbench": [], "minimal": []}
+        for round_ in range(opts.rounds + 1):  # round 0 warms up both
+            for which in (("regbench", "minimal") if round_ % 2 else ("minimal", "regbench")):
+                if which == "regbench":
+                    seconds = loop.train_epoch(training, round_ + 1).seconds
+                else:
+                    seconds, _ = minimal_epoch(task, theirs, optimizer, gen_theirs)
+                if round_:  # both loops go through the same number of examples per epoch
+                    rates[which].append(seconds)
+        examples = sum(batch_rows(b) for b in task.train_batches(torch.Generator().manual_seed(0)))
+        rates = {k: [examples / s for s in v] for k, v in rates.items()}
         ours_rate, theirs_rate = statistics.median(rates["regbench"]), statistics.median(rates["minimal"])
         spread = {k: f"{min(v):.0f}-{max(v):.0f}" for k, v in rates.items()}
         print(f"| {name} | {cfg.trainer.batch_size} | {ours_rate:.1f} ({spread['regbench']}) | {theirs_rate:.1f} "

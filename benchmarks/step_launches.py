@@ -25,7 +25,7 @@ from hydra import compose, initialize_config_module
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from revision_ab import build, export_revision  # noqa: E402
+from revision_ab import EpochTrainer, export_revision  # noqa: E402
 
 SETUPS = {
     "CoNLL-2003 BiLSTM-CRF + bn_dropout (batch 64)": ["task=conll2003", "regularizer=bn_dropout", "data.limit_train=640"],
@@ -73,10 +73,10 @@ def _ancestors(event):
         parent = parent.cpu_parent
 
 
-def launched_ops(run, loop, epoch: int) -> tuple[float, collections.Counter]:
-    """(launched ops per step, the count of each op name) for one epoch of `run.train_epoch`."""
+def launched_ops(trainer: EpochTrainer, epoch: int) -> tuple[float, collections.Counter]:
+    """(launched ops per step, the count of each op name) for one training epoch."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        run.train_epoch(loop, epoch)
+        trainer.train_epoch(epoch)
     events = prof.events()
     # The autograd nodes an LSTM call created: their backward is the one cuDNN backward call.
     lstm_nodes = {e.sequence_nr for e in events if e.sequence_nr >= 0 and
@@ -92,7 +92,7 @@ def launched_ops(run, loop, epoch: int) -> tuple[float, collections.Counter]:
         if any(a.name == LSTM or (a.name.startswith(BACKWARD) and a.sequence_nr in lstm_nodes) for a in ancestors):
             continue  # inside an LSTM, forward or backward: counted above
         counts[event.name] += 1
-    return sum(counts.values()) / loop.steps_per_epoch, counts
+    return sum(counts.values()) / trainer.steps_per_epoch, counts
 
 
 def crf_ops(crf_class, num_tags: int, length: int, batch: int = 64) -> tuple[int, int]:
@@ -140,14 +140,14 @@ def main() -> None:
                                                      *opts.overrides])
             per_step, top = {}, {}
             for label, package in (("old", old), ("new", "regbench")):
-                run, loop = build(package, cfg, device, Path(tmp) / label)
-                run.train_epoch(loop, 1)  # warm-up
-                per_step[label], counts = launched_ops(run, loop, 2)
+                trainer = EpochTrainer(package, cfg, device, Path(tmp) / label)
+                trainer.train_epoch(1)  # warm-up
+                per_step[label], counts = launched_ops(trainer, 2)
                 top[label] = counts.most_common(opts.top)
             print(f"| {name} | {per_step['old']:.0f} | {per_step['new']:.0f} | "
                   f"{per_step['old'] / per_step['new']:.2f} |", flush=True)
             for label in ("old", "new") if opts.top else ():
-                print(f"#   {label}: " + ", ".join(f"{op} {n / loop.steps_per_epoch:.0f}" for op, n in top[label]))
+                print(f"#   {label}: " + ", ".join(f"{op} {n / trainer.steps_per_epoch:.0f}" for op, n in top[label]))
 
 
 if __name__ == "__main__":
