@@ -3,28 +3,36 @@ baseline, and write the summary as a terminal table, tidy CSV, Markdown and LaTe
 
 Only the run records are read (metrics.json, results.csv, history.csv), never the code that made
 them, so runs from different days, machines and regbench versions can be compared. Statistics come
-from scipy (Student-t intervals, paired and Welch t-tests); tables from pandas."""
+from scipy (Student-t intervals, paired and Welch t-tests); tables from pandas.
+
+What makes a group: runs are grouped by the resolved values of every key of their identity (the
+record's `config`: the run id's keys), minus the seed, which is what a group averages over, and minus
+`paths.*` (where the data lives differs between machines that ran the same experiment). A group is
+labelled by the keys whose values differ between the runs of a task, with their real values; a config
+group whose `name` decides all its differing keys shows as that name (`regularizer`, `optimizer`).
+Every run counts once: attempts of one run id (a re-run that reused it, an interrupted attempt that a
+later one completed) are one run, its latest attempt. Records written before the `config` key existed
+are grouped by their names and command-line overrides, as regbench did then."""
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 from scipy import stats
 
 from regbench.errors import RegbenchError
 from regbench.fileio import write_csv_atomic, write_text_atomic
-from regbench.record import COSMETIC_KEYS, METRICS_FILE, STATUSES
+from regbench.record import COSMETIC_KEYS, METRICS_FILE, STATUSES, flatten
 from regbench.results import RESULTS_FILE, run_row, sweep_rows
 
-# Always part of a group; other overridden keys join when their value varies across the runs.
+CONFIG = "config."  # the record's resolved identity, flattened into results.csv columns
+# Always part of a group of records without `config`; other overridden keys join when their value varies.
 BASE_KEYS = ("task", "model", "regularizer", "optimizer")
-# Overrides that never make runs different experiments: the seed is what we aggregate over, the rest
-# only say where files go or how a run is shown and saved; paths.* also covers the data folder, which
-# differs between machines that ran the same experiment.
 NOT_GROUPED = ("seed", *COSMETIC_KEYS)
 NOT_GROUPED_PREFIXES = ("hydra.", "paths.")
 DEFAULT_BASELINE = "regularizer=none"
@@ -47,7 +55,9 @@ def load_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
     """One row per run from any mix of sweep directories, run directories and results.csv files.
 
     Each row keeps `run_path`, the run's directory (for history.csv) when it can be located, and
-    `source`, the input it came from. A run reached twice (a sweep dir and its results.csv) counts once."""
+    `source`, the input it came from. Each run counts once: a run reached twice (a sweep dir and its
+    results.csv) or attempted twice (the same run id) is its latest attempt; `runs.attrs["duplicates"]`
+    says how many rows that dropped."""
     frames = []
     for raw in paths:
         path = Path(raw).expanduser()
@@ -71,12 +81,61 @@ def load_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
         frame["source"] = str(raw)
         frames.append(frame)
     runs = pd.concat(frames, ignore_index=True, sort=False)
-    if "run_path" in runs:
-        known = runs["run_path"].notna()
-        runs = pd.concat([runs[known].drop_duplicates("run_path"), runs[~known]], ignore_index=True)
     if "status" not in runs:
         raise CompareError("the inputs hold no 'status' column: they are not regbench run records")
+    before = len(runs)
+    runs = _each_run_once(runs)
+    runs = _with_configs(runs)
+    runs.attrs["duplicates"] = before - len(runs)
     return runs
+
+
+def _each_run_once(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: the same directory read twice counts once, and of the attempts of one run id
+    (a reused copy, an interrupted attempt and the one that completed it) the latest counts."""
+    if "run_path" in runs:
+        known = runs["run_path"].notna()
+        runs = pd.concat([runs[known].drop_duplicates("run_path", keep="last"), runs[~known]], ignore_index=True)
+    if "run_id" not in runs:
+        return runs.reset_index(drop=True)
+    keyed = runs["run_id"].notna()
+    order = [c for c in ("started_at", "finished_at") if c in runs]
+    latest = runs[keyed].sort_values(order, kind="stable", na_position="first") if order else runs[keyed]
+    latest = latest.drop_duplicates("run_id", keep="last")
+    return pd.concat([latest, runs[~keyed]]).sort_index().reset_index(drop=True)
+
+
+def _with_configs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Records written before `config` existed: the resolved identity from the run's .hydra/config.yaml,
+    where the run directory is at hand."""
+    columns = _identity_columns(runs)
+    missing = runs[columns].isna().all(axis=1) if columns else pd.Series(True, index=runs.index)
+    if "run_path" not in runs or not missing.any():
+        return runs
+    rows = {}
+    for index in runs.index[missing]:
+        path = runs.at[index, "run_path"]
+        config = Path(path) / ".hydra" / "config.yaml" if isinstance(path, str) else None
+        if config is not None and config.is_file():
+            loaded = OmegaConf.to_container(OmegaConf.load(config), resolve=False) or {}
+            rows[index] = flatten({k: v for k, v in loaded.items() if k != "hydra"}, CONFIG)
+    if not rows:
+        return runs
+    extra = pd.DataFrame.from_dict(rows, orient="index")
+    return runs.combine_first(extra)[list(runs.columns) + [c for c in extra.columns if c not in runs.columns]]
+
+
+def _identity_columns(runs: pd.DataFrame) -> list[str]:
+    """The config.* columns that make runs different experiments (not the seed, not where files go)."""
+    out = []
+    for column in runs.columns:
+        if not column.startswith(CONFIG):
+            continue
+        key = column[len(CONFIG):]
+        if key in NOT_GROUPED or key.startswith(NOT_GROUPED_PREFIXES):
+            continue
+        out.append(column)
+    return out
 
 
 def overridden_keys(runs: pd.DataFrame) -> list[str]:
@@ -103,21 +162,62 @@ def _canonical(value) -> str:
     return str(int(number)) if number.is_integer() and "e" not in str(value).lower() else repr(number)
 
 
-def group_keys(runs: pd.DataFrame, by: Sequence[str] | None = None) -> list[str]:
-    if by:
-        missing = [k for k in by if k not in runs.columns]
-        if missing:
-            options = ", ".join(k for k in (*BASE_KEYS, *overridden_keys(runs)) if k in runs.columns)
-            raise CompareError(f"--by {', '.join(missing)}: no such column in the run records; "
-                               f"choose from {options} (or any column of results.csv)")
-        return list(by)
-    keys = [k for k in BASE_KEYS if k in runs.columns]
+def _task_of(runs: pd.DataFrame) -> pd.Series:
+    for column in (f"{CONFIG}task.name", "task"):
+        if column in runs:
+            return runs[column].map(_canonical)
+    return pd.Series("-", index=runs.index)
+
+
+def _described_by_config(runs: pd.DataFrame) -> bool:
+    columns = _identity_columns(runs)
+    return bool(columns) and not runs[columns].isna().all(axis=1).any()
+
+
+def label_keys(runs: pd.DataFrame) -> list[str]:
+    """The keys that tell this comparison's groups apart: `task`, then every identity key whose value
+    differs between the runs of a task, a config group shown by its name when the name decides them."""
+    if not _described_by_config(runs):
+        return _legacy_keys(runs)
+    columns = _identity_columns(runs)
+    canon = runs[columns].apply(lambda column: column.map(_canonical))
+    task = _task_of(runs)
+    varying = [c for c in columns if canon.groupby(task)[c].nunique().max() > 1]
+    keys = ["task"] if "task" in runs or f"{CONFIG}task.name" in runs else []
+    for group in dict.fromkeys(c[len(CONFIG):].split(".")[0] for c in varying):
+        members = [c for c in varying if c[len(CONFIG):].split(".")[0] == group]
+        name = f"{CONFIG}{group}.name"
+        decided = []
+        if name in columns:  # what the group's name decides within each task is shown as the name
+            by_name = canon.groupby([task, canon[name]])
+            decided = [c for c in members if c == name or by_name[c].nunique().max() <= 1]
+            if name in members and group != "task":
+                keys.append(group)
+        keys += [c[len(CONFIG):] for c in members if c not in decided]
+    return keys
+
+
+def _legacy_keys(runs: pd.DataFrame) -> list[str]:
+    keys = [k for k in BASE_KEYS if k in runs.columns and (k == "task" or runs[k].map(_canonical).nunique() > 1)]
     for key in overridden_keys(runs):
         if key in keys or key in NOT_GROUPED or key.startswith(NOT_GROUPED_PREFIXES) or key not in runs.columns:
             continue
         if runs[key].map(_canonical).nunique() > 1:
             keys.append(key)
     return keys
+
+
+def key_values(runs: pd.DataFrame, key: str) -> pd.Series:
+    """A grouping key's value for every run: a config group's name (`regularizer`), a config key
+    (`optimizer.lr`), or any other column of the records; canonical spellings."""
+    for column in (f"{CONFIG}{key}.name", f"{CONFIG}{key}", key):
+        if column in runs:
+            if column == f"{CONFIG}task.name" and runs[column].isna().any() and "task" in runs:
+                return runs[column].fillna(runs["task"]).map(_canonical)
+            return runs[column].map(_canonical)
+    options = ", ".join(dict.fromkeys(label_keys(runs) + list(BASE_KEYS)))
+    raise CompareError(f"--by {key}: no such key in the run records; choose from {options}, any config key "
+                       "(e.g. optimizer.lr) or any column of results.csv")
 
 
 def metric_columns(runs: pd.DataFrame, metric: str | None) -> pd.Series:
@@ -165,16 +265,28 @@ class Difference:
     n_pairs: int
 
 
+def _no_spread(values: np.ndarray) -> bool:
+    """All equal, up to float rounding (0.6 - 0.5 and 0.7 - 0.6 differ in the 17th digit)."""
+    return float(np.ptp(values)) <= 1e-12 * max(1.0, float(np.abs(values).max()))
+
+
 def difference(group: dict[int, float], baseline: dict[int, float], confidence: float = CONFIDENCE) -> Difference:
     """Compare two sets of per-seed results: a paired t-test when both have the same seeds (the
-    seed fixes initialisation and data order, so pairing removes that variance), Welch's t-test otherwise."""
+    seed fixes initialisation and data order, so pairing removes that variance), Welch's t-test otherwise.
+    Differences without any spread (all seeds differ by exactly the same amount) have no test: the
+    interval is the difference itself and p is left empty rather than NaN."""
     a, b = list(group.values()), list(baseline.values())
     delta = float(np.mean(a) - np.mean(b)) if a and b else math.nan
     if set(group) == set(baseline) and len(group) >= 2:
         seeds = sorted(group)
+        diffs = np.array([group[s] - baseline[s] for s in seeds])
+        if _no_spread(diffs):
+            return Difference(delta, delta, delta, math.nan, "no spread", len(seeds))
         result = stats.ttest_rel([group[s] for s in seeds], [baseline[s] for s in seeds])
         kind, pairs = "paired t", len(seeds)
     elif len(a) >= 2 and len(b) >= 2:
+        if _no_spread(np.array(a)) and _no_spread(np.array(b)):
+            return Difference(delta, delta, delta, math.nan, "no spread", 0)
         result = stats.ttest_ind(a, b, equal_var=False)
         kind, pairs = "Welch t", 0
     else:
@@ -190,36 +302,39 @@ def _higher_is_better(rows: pd.DataFrame, metric: str) -> bool:
     return "loss" not in metric
 
 
-def _seed_values(rows: pd.DataFrame, metric: str) -> dict[int, float]:
-    """Completed runs' finite metric values by seed (a seed run twice keeps its last record)."""
-    done = rows[(rows["status"] == "completed")]
-    values = {}
-    for seed, value in zip(done.get("seed", pd.Series(range(len(done)), index=done.index)), done[metric]):
-        if value is not None and np.isfinite(float(value)):
-            values[int(seed) if pd.notna(seed) else len(values)] = float(value)
-    return values
+def _averaged(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The runs a group's mean is over: completed, with a finite metric, one per seed (the latest)."""
+    done = rows[rows["status"] == "completed"].copy()
+    done["_value"] = pd.to_numeric(done[metric], errors="coerce")
+    done = done[np.isfinite(done["_value"])]
+    if "seed" in done and done["seed"].notna().all():
+        order = [c for c in ("started_at",) if c in done]
+        done = done.sort_values(order, kind="stable") if order else done
+        done = done.drop_duplicates("seed", keep="last")
+    return done
 
 
-def summarise(runs: pd.DataFrame, by: Sequence[str] | None = None, metric: str | None = None,
+def _seed_values(members: pd.DataFrame) -> dict[int, float]:
+    seeds = members["seed"] if "seed" in members else pd.Series(range(len(members)), index=members.index)
+    return {int(s) if pd.notna(s) else i: float(v) for i, (s, v) in enumerate(zip(seeds, members["_value"]))}
+
+
+def summarise(runs: pd.DataFrame, by: Sequence[str], metric: str | None = None,
               baseline: str | None = DEFAULT_BASELINE) -> pd.DataFrame:
-    """One row per group: status counts, n, mean, std, CI, min/max, cost columns, delta to the baseline
-    with its CI and p-value, and the rank within the task (1 = best)."""
+    """One row per group of `runs` (grouped by the columns `by`): status counts, n, mean, std, CI,
+    min/max, cost columns over exactly the runs averaged, delta to the baseline with its CI and
+    p-value, and the rank within the task (1 = best)."""
     runs = runs.copy()
-    keys = group_keys(runs, by)
+    keys = list(by)
     runs["_metric"] = metric_columns(runs, metric)
-    for key in keys:
-        runs[key] = runs[key].map(_canonical)
-    base_key, base_value = _parse_baseline(baseline, keys)
+    base_key, base_value = _parse_baseline(baseline, keys, runs)
 
     rows, seed_values = [], {}
     for label, group in runs.groupby(keys, sort=False, dropna=False) if keys else [((), runs)]:
         label = label if isinstance(label, tuple) else (label,)
         metric_name = group["_metric"].dropna().iloc[0] if group["_metric"].notna().any() else None
-        if metric_name is None or metric_name not in group:
-            values = {}
-        else:
-            group = group.assign(**{metric_name: pd.to_numeric(group[metric_name], errors="coerce")})
-            values = _seed_values(group, metric_name)
+        members = _averaged(group, metric_name) if metric_name in group else group.iloc[0:0].assign(_value=[])
+        values = _seed_values(members)
         interval = mean_interval(list(values.values()))
         x = np.array(list(values.values()), dtype=float)
         row = dict(zip(keys, label))
@@ -231,11 +346,10 @@ def summarise(runs: pd.DataFrame, by: Sequence[str] | None = None, metric: str |
                    seeds=" ".join(str(s) for s in sorted(values)))
         for status in STATUSES:
             row[status] = int((group["status"] == status).sum())
-        # a seed completed twice in one group (the same run repeated) is averaged once, with its last record
+        # a seed completed by two different runs of one group (e.g. with --by) is averaged once, its latest
         row["repeated_seeds"] = max(row["completed"] - len(values), 0) if "seed" in group else 0
-        completed = group[group["status"] == "completed"]
-        for column, name, how in COST_COLUMNS:
-            series = pd.to_numeric(completed[column], errors="coerce").dropna() if column in completed else pd.Series()
+        for column, name, how in COST_COLUMNS:  # over exactly the runs the metric averages
+            series = pd.to_numeric(members[column], errors="coerce").dropna() if column in members else pd.Series()
             value = (series.iloc[0] if how == "first" else series.mean()) if len(series) else math.nan
             if name == "peak_memory_mib":
                 value /= 2 ** 20
@@ -249,7 +363,8 @@ def summarise(runs: pd.DataFrame, by: Sequence[str] | None = None, metric: str |
     return _rank(summary, keys)
 
 
-def _parse_baseline(baseline: str | None, keys: Sequence[str]) -> tuple[str | None, str | None]:
+def _parse_baseline(baseline: str | None, keys: Sequence[str],
+                    runs: pd.DataFrame) -> tuple[str | None, str | None]:
     if not baseline:
         return None, None
     key, sep, value = baseline.partition("=")
@@ -258,7 +373,12 @@ def _parse_baseline(baseline: str | None, keys: Sequence[str]) -> tuple[str | No
     if key not in keys:
         raise CompareError(f"--baseline {baseline}: {key!r} is not one of the grouping keys ({', '.join(keys)}); "
                            "add it with --by or pick another baseline")
-    return key, _canonical(value)
+    value = _canonical(value)
+    present = list(dict.fromkeys(runs[key].map(_canonical)))
+    if value not in present:
+        raise CompareError(f"--baseline {baseline}: no group has {key}={value}; the groups have {key} = "
+                           f"{', '.join(present)}")
+    return key, value
 
 
 def _add_differences(summary: pd.DataFrame, keys: Sequence[str], seed_values: dict, base_key: str | None,
@@ -295,14 +415,23 @@ def _rank(summary: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 
 
 # -- presentation ----------------------------------------------------------------------------------
-def _fmt(value, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def fmt(value, digits: int = 4) -> str:
+    """A number for a table: fixed point, or scientific when fixed point would be unreadable (a diverged
+    loss of 2.9e26, a tiny p); "–" for a missing or non-finite value."""
+    if _missing(value):
         return "–"
+    value = float(value)
+    if value != 0 and (abs(value) >= 1e6 or (digits >= 3 and abs(value) < 10 ** -digits)):
+        return f"{value:.{max(digits - 1, 1)}e}"
     return f"{value:.{digits}f}"
 
 
 def _count(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "–"
     value = float(value)
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -311,35 +440,60 @@ def _count(value) -> str:
     return f"{value:.0f}"
 
 
-def display_table(summary: pd.DataFrame, keys: Sequence[str], baseline: str | None = None) -> pd.DataFrame:
-    """The human-readable table: mean ± CI, delta [CI] and p, costs in friendly units, problem runs shown."""
+def _p(p: float, test: str) -> str:
+    if test == "no spread":
+        return "– (no spread)"
+    if not test or _missing(p):
+        return "–"
+    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}".rstrip("0").rstrip(".") if p < 1 else "1"
+
+
+def _delta(row: dict, base_key: str, base_value: str) -> str:
+    if row[base_key] == base_value:
+        return "(baseline)"
+    if _missing(row["delta"]):
+        return "–"
+    if _missing(row["delta_ci_low"]):
+        return f"{row['delta']:+.4f}"
+    return f"{row['delta']:+.4f} [{row['delta_ci_low']:+.4f}, {row['delta_ci_high']:+.4f}]"
+
+
+def _problems(summary: pd.DataFrame) -> list[str]:
+    return [", ".join([f"{int(row[s])} {s}" for s in STATUSES[1:] if row[s]] +
+                      ([f"{int(row['repeated_seeds'])} repeated seed"] if row["repeated_seeds"] else []))
+            for _, row in summary.iterrows()]
+
+
+def display_table(summary: pd.DataFrame, keys: Sequence[str], baseline: str | None = None,
+                  wide: bool = False) -> pd.DataFrame:
+    """The human-readable table. The compact one (what the terminal and the report show, about 100
+    characters): the keys, n, mean ± CI, the difference to the baseline with its CI, p; `wide` adds the
+    metric, rank, std, min–max and the cost columns."""
     table = pd.DataFrame()
     for key in keys:
         table[key] = summary[key]
-    table["metric"] = summary["metric"].map(lambda m: m if isinstance(m, str) else "–")
-    table["rank"] = summary["rank"]
+    if wide:
+        table["metric"] = summary["metric"].map(lambda m: m if isinstance(m, str) else "–")
+        table["rank"] = summary["rank"]
     table["n"] = [f"{n}/{r}" for n, r in zip(summary["n"], summary["runs"])]
-    table["mean ± 95% CI"] = [f"{_fmt(m)} ± {_fmt((h - lo) / 2)}" if not math.isnan(lo) else _fmt(m)
+    table["mean ± 95% CI"] = [f"{fmt(m)} ± {fmt((h - lo) / 2)}" if not _missing(lo) else fmt(m)
                               for m, lo, h in zip(summary["mean"], summary["ci_low"], summary["ci_high"])]
-    table["std"] = summary["std"].map(_fmt)
-    table["min–max"] = [f"{_fmt(a)}–{_fmt(b)}" for a, b in zip(summary["min"], summary["max"])]
+    if wide:
+        table["std"] = summary["std"].map(fmt)
+        table["min–max"] = [f"{fmt(a)}–{fmt(b)}" if not _missing(a) else "–" for a, b in zip(summary["min"], summary["max"])]
     if summary["baseline"].astype(bool).any():
-        base_key, base_value = _parse_baseline(baseline, keys)
-        table[f"Δ vs {baseline} [95% CI]"] = [
-            "(baseline)" if row[base_key] == base_value else
-            "–" if math.isnan(row["delta"]) else
-            f"{row['delta']:+.4f} [{row['delta_ci_low']:+.4f}, {row['delta_ci_high']:+.4f}]"
-            if not math.isnan(row["delta_ci_low"]) else f"{row['delta']:+.4f}"
-            for row in summary.to_dict("records")]
-        table["p"] = [f"{p:.3g} ({t})" if t else "–" for p, t in zip(summary["p_value"], summary["test"])]
-    table["params"] = summary["params"].map(_count)
-    table["FLOPs/ex"] = summary["flops_per_example"].map(_count)
-    table["train s"] = summary["train_time_s"].map(lambda v: _fmt(v, 1))
-    table["peak MiB"] = summary["peak_memory_mib"].map(lambda v: _fmt(v, 0))
-    table["gap"] = summary["gap"].map(_fmt)
-    problems = [", ".join([f"{int(row[s])} {s}" for s in STATUSES[1:] if row[s]] +
-                          ([f"{int(row['repeated_seeds'])} repeated seed"] if row["repeated_seeds"] else []))
-                for _, row in summary.iterrows()]
+        base_key, _, base_value = baseline.partition("=")
+        base_value = _canonical(base_value)
+        table[f"Δ vs {baseline} [95% CI]"] = [_delta(row, base_key, base_value) for row in summary.to_dict("records")]
+        table["p"] = [_p(p, t) if not wide or not t or t == "no spread" else f"{_p(p, t)} ({t})"
+                      for p, t in zip(summary["p_value"], summary["test"])]
+    if wide:
+        table["params"] = summary["params"].map(_count)
+        table["FLOPs/ex"] = summary["flops_per_example"].map(_count)
+        table["train s"] = summary["train_time_s"].map(lambda v: fmt(v, 1))
+        table["peak MiB"] = summary["peak_memory_mib"].map(lambda v: fmt(v, 0))
+        table["gap"] = summary["gap"].map(fmt)
+    problems = _problems(summary)
     if any(problems):
         table["not averaged"] = [p or "" for p in problems]
     return table
@@ -349,43 +503,81 @@ def to_latex(table: pd.DataFrame) -> str:
     return table.to_latex(index=False, escape=True).replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 @dataclass
 class Comparison:
     runs: pd.DataFrame
     keys: list[str]
     summary: pd.DataFrame
     table: pd.DataFrame
+    wide_table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    baseline: str | None = None
 
     def status_line(self) -> str:
         counts = self.runs["status"].value_counts()
         parts = [f"{counts.get(s, 0)} {s}" for s in STATUSES if counts.get(s, 0)]
-        others = sorted(set(counts.index) - set(STATUSES))
-        parts += [f"{counts[s]} {s}" for s in others]
-        return (f"{len(self.runs)} runs in {len(self.summary)} groups ({', '.join(parts)}); only completed runs "
-                f"are averaged; grouped by {', '.join(self.keys)}")
+        parts += [f"{counts[s]} {s}" for s in sorted(set(counts.index) - set(STATUSES))]
+        metrics = ", ".join(dict.fromkeys(m for m in self.summary["metric"] if isinstance(m, str)))
+        tests = set(self.summary.get("test", pd.Series(dtype=object))) - {""}
+        duplicates = self.runs.attrs.get("duplicates", 0)
+        line = (f"{_plural(len(self.runs), 'run')} in {_plural(len(self.summary), 'group')} ({', '.join(parts)}); "
+                f"metric: {metrics or '–'}; only completed runs are averaged; grouped by {', '.join(self.keys)}")
+        if duplicates:
+            line += f"; {_plural(duplicates, 'repeated record')} of the same runs counted once"
+        if tests & {"paired t", "Welch t"}:
+            line += "; p: paired t-test over seeds" + (" (Welch's t where the seeds differ)" if "Welch t" in tests
+                                                       else "")
+        return line
 
-    def text(self) -> str:
-        return self.table.to_string(index=False) + "\n\n" + self.status_line()
+    def text(self, wide: bool = False) -> str:
+        return (self.wide_table if wide else self.table).to_string(index=False) + "\n\n" + self.status_line()
 
     def write(self, out_dir: Path) -> list[Path]:
-        """summary.csv (tidy, one row per group, raw numbers), summary.md and summary.tex (the readable table)."""
+        """summary.csv (tidy, one row per group, raw numbers), summary.md (the readable table, then the
+        full one) and summary.tex (the readable table)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         files = [out_dir / f"{SUMMARY_NAME}.{ext}" for ext in ("csv", "md", "tex")]
         write_csv_atomic(files[0], self.summary)
-        markdown = self.table.to_markdown(index=False, disable_numparse=True)  # keep "0.0030" as written
-        write_text_atomic(files[1], f"{markdown}\n\n{self.status_line()}\n")
+        compact = self.table.to_markdown(index=False, disable_numparse=True)  # keep "0.0030" as written
+        full = self.wide_table.to_markdown(index=False, disable_numparse=True)
+        write_text_atomic(files[1], f"{compact}\n\n{self.status_line()}\n\nEvery column:\n\n{full}\n")
         write_text_atomic(files[2], to_latex(self.table))
         return files
+
+
+def runs_table(runs: pd.DataFrame) -> str:
+    """One line per run for the terminal (what a sweep prints when it ends): the keys that tell its runs
+    apart (model and every swept setting among them), the seed, the status and the primary metric."""
+    if runs.empty:
+        return "(no finished runs)"
+    runs = _with_configs(runs)
+    keys = label_keys(runs)
+    table = pd.DataFrame({key: key_values(runs, key) for key in keys})
+    for column in ("seed", "status", "best_epoch"):
+        if column in runs:
+            table[column] = runs[column].map(lambda v: "–" if _missing(v) else str(int(v)) if isinstance(v, float)
+                                             else str(v))
+    metrics = runs["primary_metric"] if "primary_metric" in runs else pd.Series("accuracy", index=runs.index)
+    for split in ("train", "val", "test"):
+        table[split] = [fmt(row.get(f"{split}.{m}")) if isinstance(m, str) else "–"
+                        for m, (_, row) in zip(metrics, runs.iterrows())]
+    table["metric"] = metrics.fillna("–")
+    if "train_time_s" in runs:
+        table["train s"] = runs["train_time_s"].map(lambda v: fmt(v, 1))
+    return table.to_string(index=False)
 
 
 def compare(paths: Iterable[str | Path], by: Sequence[str] | None = None, metric: str | None = None,
             baseline: str | None = DEFAULT_BASELINE) -> Comparison:
     runs = load_runs(list(paths))
-    keys = group_keys(runs, by)
-    for key in keys:  # one spelling per value, so plots can match runs to their summary row
-        runs[key] = runs[key].map(_canonical)
-    if baseline and baseline.partition("=")[0] not in keys:
-        if baseline == DEFAULT_BASELINE:
-            baseline = None  # the default only applies when regularizers are being compared
+    keys = list(by) if by else label_keys(runs)
+    for key in keys:  # one spelling per value, so plots and tables match runs to their summary row
+        runs[key] = key_values(runs, key)
+    if baseline == DEFAULT_BASELINE and ("regularizer" not in keys or "none" not in set(runs["regularizer"])):
+        baseline = None  # the default applies only where regularizers are compared against none
     summary = summarise(runs, by=keys, metric=metric, baseline=baseline)
-    return Comparison(runs=runs, keys=keys, summary=summary, table=display_table(summary, keys, baseline))
+    return Comparison(runs=runs, keys=keys, summary=summary, table=display_table(summary, keys, baseline),
+                      wide_table=display_table(summary, keys, baseline, wide=True), baseline=baseline)

@@ -100,6 +100,9 @@ class RunRecord:
     resumed_from: str | None = None
     reused_from: str | None = None
     overrides: dict[str, str] = field(default_factory=dict)
+    # The resolved configuration that identifies the run (checkpoints.identity: everything but where files
+    # go and how progress shows); compare groups runs by it.
+    config: dict[str, Any] = field(default_factory=dict)
     traceback: str | None = None  # written only when the run failed
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from regbench import checkpoints, complexity, distributed, gradients, loop
 from regbench.provenance import git_state, host, versions
+from regbench.errors import RegbenchError
 from regbench.record import RecordWriter, RunRecord, Status
 from regbench.regimen import Regimen
 from regbench.validation import validate
@@ -82,32 +83,48 @@ class Run(loop.FitHooks):
 
     def _execute(self) -> dict[str, Any]:
         main = self.ranks.is_main
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
         rid = self.record.run_id = checkpoints.run_id(self.cfg, self.ranks.world)
+        self.record.config = checkpoints.identity(self.cfg)
         earlier = None
         if self.cfg.trainer.resume:
             earlier = checkpoints.find_earlier(self.cfg, rid, self.run_dir) if main else None
             earlier = distributed.broadcast(earlier, self.ranks)
             if earlier is not None and earlier.finished:
+                if main:
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
                 return checkpoints.reuse(earlier, self.run_dir, self.record.overrides) if main else earlier.record
+        # A run that cannot start (a bad value, missing data, no GPU) leaves no record: it never ran. An
+        # unexpected error while building is a crash, recorded as failed like any other.
+        try:
+            validate(self.cfg, machine=True)
+            built = self._build()
+        except RegbenchError:
+            raise
+        except BaseException as err:
+            self._record_failure(err)
+            raise
         if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             checkpoints.remember(self.cfg, rid, self.run_dir)
         self.writer.write(self.record)  # status "running": a killed run is visible to compare and findable
         try:
             with self._stop_on_signals():
-                validate(self.cfg)
-                self._train(earlier.checkpoint if earlier is not None else None)
+                self._train(*built, earlier.checkpoint if earlier is not None else None)
         except BaseException as err:  # record every way a run can end, then let the caller decide
-            interrupted = isinstance(err, (KeyboardInterrupt, RunInterrupted))
-            self.record.status = Status.INTERRUPTED if interrupted else Status.FAILED
-            self.record.error = str(err) if isinstance(err, RunInterrupted) else f"{type(err).__name__}: {err}"
-            if not interrupted:
-                self.record.traceback = traceback.format_exc(limit=20)
-            self._finish()
+            self._record_failure(err)
             raise
         self._finish()
         return self.record.to_dict()
+
+    def _record_failure(self, err: BaseException) -> None:
+        interrupted = isinstance(err, (KeyboardInterrupt, RunInterrupted))
+        self.record.status = Status.INTERRUPTED if interrupted else Status.FAILED
+        self.record.error = str(err) if isinstance(err, RunInterrupted) else f"{type(err).__name__}: {err}"
+        if not interrupted:
+            self.record.traceback = traceback.format_exc(limit=20)
+        if self.ranks.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._finish()
 
     def _finish(self) -> None:
         self.record.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -164,7 +181,8 @@ class Run(loop.FitHooks):
             checkpoints.save_last(self.run_dir, self.cfg, self.record.run_id, self.training, state)
 
     # -- the run -------------------------------------------------------------------------------------
-    def _train(self, resume_from: Path | None) -> None:
+    def _build(self) -> tuple:
+        """Device, threads, the task's data, the regimen and the model, with their facts in the record."""
         cfg, record = self.cfg, self.record
         if self.threads:
             torch.set_num_threads(int(self.threads))
@@ -181,7 +199,13 @@ class Run(loop.FitHooks):
             torch.manual_seed(cfg.seed + self.ranks.rank)  # dropout masks differ per rank; DDP copies rank 0's weights
         for key, value in complexity.model_costs(model, task.example_input()).items():
             setattr(record, key, value)
+        return task, regimen, model, generator, device
 
+    def _train(self, task, regimen: Regimen, model, generator: torch.Generator, device: torch.device,
+               resume_from: Path | None) -> None:
+        cfg, record = self.cfg, self.record
+        log.info("training %s %s with regularizer=%s on %s for up to %d epochs; record in %s", cfg.task.name,
+                 cfg.model.name, cfg.regularizer.name, record.device, cfg.trainer.max_epochs, self.run_dir)
         if any(p.requires_grad for p in model.parameters()):
             best_state = self._fit(task, model, regimen, generator, resume_from)
         else:  # nothing to train (the popularity baseline): score it as it is
