@@ -7,6 +7,8 @@ global plotting state."""
 from __future__ import annotations
 
 import math
+import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +16,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
-from regbench.compare import BASE_KEYS
 from regbench.gradients import LAYER_MEAN_PREFIX
 from regbench.record import HISTORY_FILE
 
 FORMATS = ("png", "svg")
 COST_AXES = (("params", "parameters", True), ("flops_per_example", "forward FLOPs per example", True),
-             ("train_time_s", "training time (s)", False))
+             ("train_time_s", "training time", False))
 COLORS = [f"C{i}" for i in range(10)]
 
 
@@ -43,18 +44,27 @@ def _task_rows(frame: pd.DataFrame, task: str) -> pd.DataFrame:
 
 
 def group_labels(summary: pd.DataFrame, keys: list[str]) -> dict[tuple, str]:
-    """A short legend label per group: the keys that vary within its task, a regularizer or model as
-    its name ("bn_dropout"), any other key as name=value with the name's last part ("lr=0.005")."""
+    """A short legend label per group: the keys that vary within its task, a config group (regularizer,
+    model) as its name ("bn_dropout"), any other key as name=value with the name's last part ("lr=0.005")."""
     labels = {}
     for task in _tasks(summary):
         part = _task_rows(summary, task)
         varying = [k for k in keys if k != "task" and part[k].nunique() > 1] or \
             [k for k in ("regularizer", "model") if k in keys][:1]
         for _, row in part.iterrows():
-            words = [str(row[k]) if k in BASE_KEYS else f"{k.rsplit('.', 1)[-1]}={row[k]}"
+            words = [str(row[k]) if "." not in k else f"{k.rsplit('.', 1)[-1]}={row[k]}"
                      for k in varying if row[k] != "-"]
             labels[tuple(row[k] for k in keys)] = " ".join(words) or task
     return labels
+
+
+def group_colors(summary: pd.DataFrame, keys: list[str]) -> dict[tuple, str]:
+    """One colour per group, the same in every plot (by the summary's order within each task)."""
+    colors = {}
+    for task in _tasks(summary):
+        for i, (_, row) in enumerate(_task_rows(summary, task).iterrows()):
+            colors[tuple(row[k] for k in keys)] = COLORS[i % 10]
+    return colors
 
 
 def run_histories(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -86,7 +96,15 @@ def _metric_name(summary_rows: pd.DataFrame) -> str:
     return metric.iloc[0].split(".", 1)[1] if len(metric) and "." in metric.iloc[0] else "metric"
 
 
+def _bounds(metric: str) -> tuple[float, float | None]:
+    """The range a metric can take: losses are >= 0, every other metric regbench computes lies in [0, 1]."""
+    return (0.0, None) if "loss" in metric else (0.0, 1.0)
+
+
 def metric_bars(summary: pd.DataFrame, keys: list[str]) -> Figure:
+    """The test metric per group, one panel per task. Bars start at 0 in every panel (a bar's length is
+    its value); the 95% interval is clipped to the metric's range, and a group of one run gets no
+    interval at all, just its n."""
     tasks = _tasks(summary)
     labels = group_labels(summary, keys)
     sizes = [len(_task_rows(summary, t)) for t in tasks]
@@ -94,23 +112,29 @@ def metric_bars(summary: pd.DataFrame, keys: list[str]) -> Figure:
     axes = fig.subplots(1, len(tasks), squeeze=False, gridspec_kw={"width_ratios": [s + 2 for s in sizes]})[0]
     for ax, task in zip(axes, tasks):
         part = _task_rows(summary, task).sort_values("rank")
+        lowest, highest = _bounds(str(part["metric"].dropna().iloc[0]) if part["metric"].notna().any() else "")
         mean = part["mean"].to_numpy(float)
-        low = np.where(np.isnan(part["ci_low"]), mean, part["ci_low"])
-        high = np.where(np.isnan(part["ci_high"]), mean, part["ci_high"])
+        low = np.clip(part["ci_low"].to_numpy(float), lowest, highest)
+        high = np.clip(part["ci_high"].to_numpy(float), lowest, highest)
+        has_interval = ~np.isnan(low)
         x = np.arange(len(part))
-        colors = [COLORS[i % 10] for i in range(len(part))]
-        ax.bar(x, mean, color=colors, alpha=0.85)
-        ax.errorbar(x, mean, yerr=[mean - low, high - mean], fmt="none", ecolor="black", capsize=4, lw=1.2)
-        for xi, m, n, hi in zip(x, mean, part["n"], high):
+        colors = group_colors(summary, keys)
+        ax.bar(x, np.nan_to_num(mean), color=[colors[tuple(r[k] for k in keys)] for _, r in part.iterrows()],
+               alpha=0.85)
+        if has_interval.any():
+            ax.errorbar(x[has_interval], mean[has_interval],
+                        yerr=[mean[has_interval] - low[has_interval], high[has_interval] - mean[has_interval]],
+                        fmt="none", ecolor="black", capsize=4, lw=1.2)
+        top = np.where(has_interval, high, mean)
+        for xi, m, n, hi in zip(x, mean, part["n"], top):
             if not math.isnan(m):
                 ax.annotate(f"{m:.3f}\nn={n}", (xi, hi), textcoords="offset points", xytext=(0, 3), ha="center",
                             va="bottom", fontsize=8)
         ax.set_xticks(x, [labels[tuple(r[k] for k in keys)].replace(" ", "\n") for _, r in part.iterrows()],
                       fontsize=8)
-        finite = mean[~np.isnan(mean)]
-        if len(finite):
-            spread = max(np.nanmax(high) - np.nanmin(low), 1e-3)
-            ax.set_ylim(max(0.0, np.nanmin(low) - 0.6 * spread), np.nanmax(high) + 0.5 * spread)
+        finite = top[~np.isnan(top)]
+        ceiling = float(finite.max()) * 1.18 if len(finite) and finite.max() > 0 else 1.0
+        ax.set_ylim(0.0, min(ceiling, highest * 1.12) if highest else ceiling)
         ax.set_ylabel(f"test {_metric_name(part)} (mean, 95% CI)")
         ax.set_title(task)
         ax.grid(axis="y", alpha=0.3)
@@ -118,24 +142,36 @@ def metric_bars(summary: pd.DataFrame, keys: list[str]) -> Figure:
 
 
 def quality_vs_cost(summary: pd.DataFrame, keys: list[str]) -> Figure:
+    """Test metric against parameters, FLOPs per example and training time, one row per task. A group
+    whose cost cannot be drawn on a log axis (popularity: 0 parameters) is named in the panel, not dropped
+    without a word."""
     tasks = _tasks(summary)
     labels = group_labels(summary, keys)
+    colors = group_colors(summary, keys)
     fig = Figure(figsize=(13, 3.6 * len(tasks)), layout="constrained")
     grid = fig.subplots(len(tasks), len(COST_AXES), squeeze=False)
     for r, (axes, task) in enumerate(zip(grid, tasks)):
         part = _task_rows(summary, task)
         for ax, (column, title, log) in zip(axes, COST_AXES):
-            for i, (_, row) in enumerate(part.iterrows()):
+            left_out = []
+            for _, row in part.iterrows():
                 x, y = row.get(column, math.nan), row["mean"]
-                if x is None or math.isnan(x) or math.isnan(y) or (log and x <= 0):
+                label = labels[tuple(row[k] for k in keys)]
+                if x is None or math.isnan(x) or math.isnan(y):
+                    continue
+                if log and x <= 0:
+                    left_out.append(f"{label} ({x:g})")
                     continue
                 err = [[y - row["ci_low"]], [row["ci_high"] - y]] if not math.isnan(row["ci_low"]) else None
-                ax.errorbar([x], [y], yerr=err, fmt="o", color=COLORS[i % 10], capsize=3,
-                            label=labels[tuple(row[k] for k in keys)])
+                ax.errorbar([x], [y], yerr=err, fmt="o", color=colors[tuple(row[k] for k in keys)], capsize=3,
+                            label=label)
             xs = [x for line in ax.get_lines() for x in line.get_xdata()]
             if log and xs and max(xs) > 10 * min(xs):  # log only when the costs span a decade
                 ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(EngFormatter())
+            if left_out:
+                ax.text(0.02, 0.02, "not on this axis: " + ", ".join(left_out), transform=ax.transAxes, fontsize=7,
+                        va="bottom", ha="left", color="0.35")
+            ax.xaxis.set_major_formatter(EngFormatter(unit="s" if column == "train_time_s" else ""))
             ax.set_xlabel(title)
             ax.set_ylabel(f"{task}: test {_metric_name(part)}")
             if r == 0:
@@ -161,12 +197,14 @@ def learning_curves(comparison, histories: dict[str, pd.DataFrame]) -> Figure:
     tasks = _tasks(summary)
     labels = group_labels(summary, keys)
     members = _group_runs(comparison.runs, keys)
+    colors = group_colors(summary, keys)
     fig = Figure(figsize=(5.5 * len(tasks), 7.5), layout="constrained")
     grid = fig.subplots(2, len(tasks), squeeze=False)
     for col, task in enumerate(tasks):
         part = _task_rows(summary, task)
         metric = _metric_name(part)
         train_loss, val_loss = _loss_names(_task_rows(comparison.runs, task))
+        last_epoch = 1
         # Two different quantities (MovieLens: a sampled training loss, a full-ranking validation loss)
         # never share an axis: the validation loss gets its own, on the right.
         val_axis = grid[0, col] if train_loss == val_loss else grid[0, col].twinx()
@@ -175,9 +213,9 @@ def learning_curves(comparison, histories: dict[str, pd.DataFrame]) -> Figure:
             frames = [histories[p] for p in members.get(label, []) if p in histories]
             if not frames:
                 continue
-            color = COLORS[i % 10]
+            color = colors[label]
             for ax, quantity in ((grid[0, col], "loss"), (grid[1, col], metric)):
-                for split, style in (("train", "-"), ("val", "--")):
+                for split, style, marker in (("train", "-", "o"), ("val", "--", "s")):
                     if quantity == "loss" and split == "val":
                         ax = val_axis
                     column = f"{split}_{quantity}"
@@ -186,32 +224,50 @@ def learning_curves(comparison, histories: dict[str, pd.DataFrame]) -> Figure:
                         continue
                     table = pd.concat(series, axis=1)
                     first_line = quantity == "loss" and split == "train"
-                    ax.plot(table.index, table.mean(axis=1), style, color=color, lw=1.4,
+                    # markers: a group of one epoch is a point, not an invisible line
+                    ax.plot(table.index, table.mean(axis=1), style, color=color, lw=1.4, marker=marker,
+                            markersize=4, markerfacecolor=color if split == "train" else "white",
                             label=f"{labels[label]} (n={len(series)})" if first_line else None)
+                    last_epoch = max(last_epoch, int(table.index.max()))
                     if len(series) > 1:
                         ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.15)
         grid[0, col].set_title(f"{task}")
         if val_axis is grid[0, col]:
             grid[0, col].set_ylabel(f"loss: {train_loss}" if train_loss else "loss", fontsize=8)
         else:
-            grid[0, col].set_ylabel(f"train loss (solid): {train_loss}", fontsize=8)
-            val_axis.set_ylabel(f"val loss (dashed): {val_loss}", fontsize=8)
-        grid[1, col].set_ylabel(f"{metric} (solid train, dashed val)")
+            grid[0, col].set_ylabel(textwrap.fill(f"train loss (solid, filled): {train_loss}", 45), fontsize=8)
+            val_axis.set_ylabel(textwrap.fill(f"val loss (dashed, hollow): {val_loss}", 45), fontsize=8)
+        grid[1, col].set_ylabel(f"{metric} (solid train, dashed val)", fontsize=9)
         for ax in grid[:, col]:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlim(0.5, last_epoch + 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
         if grid[0, col].has_data():
             grid[1, col].legend(*grid[0, col].get_legend_handles_labels(), fontsize=7, loc="upper center",
                                 bbox_to_anchor=(0.5, -0.18), ncol=1 if len(part) > 4 else 2)
-    fig.suptitle("Learning curves: solid = train, dashed = validation; mean over seeds, band = min–max",
+    fig.suptitle("Learning curves: solid/filled = train, dashed/hollow = validation;\nmean over seeds, band = min–max",
                  fontsize=10)
     return fig
 
 
+def merged_order(orders: list[list[str]]) -> list[str]:
+    """One order that keeps every list's own order: the layers of all panels, input side first (a model
+    with BN has layers the one without lacks; each goes right after its predecessor)."""
+    merged: list[str] = []
+    for order in orders:
+        for i, name in enumerate(order):
+            if name in merged:
+                continue
+            before = next((order[j] for j in range(i - 1, -1, -1) if order[j] in merged), None)
+            merged.insert(merged.index(before) + 1 if before is not None else 0, name)
+    return merged
+
+
 def gradient_flow(comparison, histories: dict[str, pd.DataFrame], task: str) -> Figure | None:
     """Per-layer mean gradient norm (log10, before clipping) for each epoch, one panel per group,
-    averaged over the group's seeds. Layers run from the input (top) to the output (bottom)."""
+    averaged over the group's seeds. Layers run from the input (top) to the output (bottom); every panel
+    has the same rows, so a layer lines up across panels (a layer a group lacks is a blank row)."""
     summary, keys = comparison.summary, comparison.keys
     labels = group_labels(summary, keys)
     members = _group_runs(comparison.runs, keys)
@@ -223,25 +279,29 @@ def gradient_flow(comparison, histories: dict[str, pd.DataFrame], task: str) -> 
         if not layer_columns:
             continue
         stacked = pd.concat([f.set_index("epoch")[layer_columns] for f in frames if set(layer_columns) <= set(f)])
-        mean = stacked.groupby(level=0).mean()
-        panels.append((labels[label], mean))
+        panels.append((labels[label], stacked.groupby(level=0).mean()))
     if not panels:
         return None
+    layers = merged_order([list(mean.columns) for _, mean in panels])
+    panels = [(name, mean.reindex(columns=layers)) for name, mean in panels]
     logs = [np.log10(np.clip(m.to_numpy(float).T, 1e-12, None)) for _, m in panels]
     vmin, vmax = min(np.nanmin(x) for x in logs), max(np.nanmax(x) for x in logs)
-    n_layers = max(len(m.columns) for _, m in panels)
     cols = min(len(panels), 3)
     rows = math.ceil(len(panels) / cols)
-    fig = Figure(figsize=(4.6 * cols + 1.2, max(2.5, 0.22 * n_layers + 1.4) * rows), layout="constrained")
+    fig = Figure(figsize=(4.8 * cols + 1.2, max(2.5, 0.22 * len(layers) + 1.6) * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     image = None
-    for ax, (name, mean), values in zip(axes, panels, logs):
+    for i, (ax, (name, mean), values) in enumerate(zip(axes, panels, logs)):
         epochs = mean.index.to_numpy()
         image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest",
-                          extent=(epochs.min() - 0.5, epochs.max() + 0.5, len(mean.columns) - 0.5, -0.5))
-        ax.set_yticks(range(len(mean.columns)), [c[len(LAYER_MEAN_PREFIX):] for c in mean.columns], fontsize=7)
+                          extent=(epochs.min() - 0.5, epochs.max() + 0.5, len(layers) - 0.5, -0.5))
+        if i % cols == 0:  # the same rows in every panel: name them once per row of panels
+            ax.set_yticks(range(len(layers)), [c[len(LAYER_MEAN_PREFIX):] for c in layers], fontsize=7)
+        else:
+            ax.set_yticks(range(len(layers)), [])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlabel("epoch")
-        ax.set_title(name, fontsize=10)
+        ax.set_title(textwrap.fill(name, 34), fontsize=9)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     fig.colorbar(image, ax=axes[:len(panels)].tolist(), label="log10 mean gradient norm per layer")
@@ -250,15 +310,25 @@ def gradient_flow(comparison, histories: dict[str, pd.DataFrame], task: str) -> 
     return fig
 
 
-def write_plots(comparison, out_dir: Path) -> list[Path]:
-    """Every plot the comparison supports, as PNG and SVG under out_dir; returns the files written."""
-    files = _save(metric_bars(comparison.summary, comparison.keys), out_dir / "test_metric")
-    files += _save(quality_vs_cost(comparison.summary, comparison.keys), out_dir / "quality_vs_cost")
+@dataclass
+class Plots:
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # what could not be drawn, and why
+
+
+def write_plots(comparison, out_dir: Path) -> Plots:
+    """Every plot the comparison supports, as PNG and SVG under out_dir: the files written, and a note for
+    each plot that the records could not support (no history.csv at hand: a results.csv from elsewhere)."""
+    out = Plots(_save(metric_bars(comparison.summary, comparison.keys), out_dir / "test_metric"))
+    out.files += _save(quality_vs_cost(comparison.summary, comparison.keys), out_dir / "quality_vs_cost")
     histories = run_histories(comparison.runs)
-    if histories:
-        files += _save(learning_curves(comparison, histories), out_dir / "learning_curves")
-        for task in _tasks(comparison.summary):
-            fig = gradient_flow(comparison, histories, task)
-            if fig is not None:
-                files += _save(fig, out_dir / f"gradient_flow_{task}")
-    return files
+    if not histories:
+        out.notes.append("no history.csv of any run is at hand (a results.csv alone carries none): the learning "
+                         "curves and the gradient-flow plots are left out; give the sweep or run directories")
+        return out
+    out.files += _save(learning_curves(comparison, histories), out_dir / "learning_curves")
+    for task in _tasks(comparison.summary):
+        fig = gradient_flow(comparison, histories, task)
+        if fig is not None:
+            out.files += _save(fig, out_dir / f"gradient_flow_{task}")
+    return out
