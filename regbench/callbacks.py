@@ -10,7 +10,7 @@ from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from regbench.results import RESULTS_FILE, summary_table, update_sweep_results
+from regbench.results import RESULTS_FILE, update_sweep_results
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +29,14 @@ class SweepResultsCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         frame = update_sweep_results(sweep_dir)
-        print(f"\n{summary_table(frame)}\n\n{len(frame)} runs; results: {sweep_dir / RESULTS_FILE}")
+        from regbench.compare import compare, runs_table
+
+        print(f"\n{runs_table(frame)}\n\n{len(frame)} run{'s' if len(frame) != 1 else ''}; results: "
+              f"{sweep_dir / RESULTS_FILE}")
         if frame.empty:
             return
         try:  # the grouped summary is a convenience: a problem with it must not fail a finished sweep
             import pandas as pd
-
-            from regbench.compare import compare
 
             comparison = compare([sweep_dir])
             files = comparison.write(sweep_dir)

@@ -1,5 +1,6 @@
 """The `regbench` command: a Hydra app (every config key is settable as key=value), plus two
-subcommands that only read run records and take ordinary options:
+subcommands that only read run records and take ordinary options (imports stay inside the functions
+that need them, so `regbench compare` never loads torch and a run never loads the plotting code):
 
     regbench compare PATH... [--by KEY ...] [--metric M] [--baseline KEY=VALUE | --no-baseline] [--out DIR] [--plots]
     regbench report SWEEP_DIR... [--out FILE.html] [--by ...] [--metric ...] [--baseline ...]
@@ -98,8 +99,8 @@ def _subcommand_parser() -> argparse.ArgumentParser:
         sub.add_argument("paths", nargs="+", metavar="PATH",
                          help="sweep directories, run directories or results.csv files, in any mix")
         sub.add_argument("--by", nargs="+", metavar="KEY",
-                         help="group by these keys (default: task, model, regularizer, optimizer and every "
-                              "overridden key that varies)")
+                         help="group by these keys (default: every setting that differs between the runs of a "
+                              "task: a config group by its name, e.g. regularizer, or a key, e.g. optimizer.lr)")
         sub.add_argument("--metric", help="the metric to compare, e.g. test.accuracy or val.f1 "
                                           "(default: each task's primary test metric)")
         sub.add_argument("--baseline", default=DEFAULT_BASELINE, metavar="KEY=VALUE",
@@ -107,21 +108,30 @@ def _subcommand_parser() -> argparse.ArgumentParser:
         sub.add_argument("--no-baseline", dest="baseline", action="store_const", const=None,
                          help="no deltas or tests")
         if name == "compare":
-            sub.add_argument("--out", type=Path, help="where summary.csv/.md/.tex (and plots/) go (default: the "
-                                                      "sweep directory when one is given, else ./compare-<time>)")
+            sub.add_argument("--out", type=Path, help="the folder summary.csv/.md/.tex (and plots/) go to "
+                                                      "(default: the sweep directory when one sweep is given, "
+                                                      "else ./compare-<time>)")
             sub.add_argument("--plots", action="store_true", help="also write every plot (PNG and SVG) to OUT/plots")
+            sub.add_argument("--wide", action="store_true", help="print every column (std, min-max, rank, costs); "
+                                                                 "summary.csv and summary.md always have them")
         else:
             sub.add_argument("--out", type=Path, help="the HTML file (default: SWEEP_DIR/report.html for one "
                                                       "directory, else ./report-<time>.html)")
     return parser
 
 
+def is_sweep(path: Path) -> bool:
+    """A multirun's directory (Hydra's multirun.yaml, or a sweep's results.csv): summaries belong there."""
+    return path.is_dir() and ((path / "multirun.yaml").is_file() or (path / "results.csv").is_file())
+
+
 def _default_out(paths: list[str], name: str) -> Path:
+    """Into the sweep when exactly one sweep is compared; else a new folder (file) in the current one, so a
+    run directory or a whole outputs/ folder never gets summary files of its own."""
     from datetime import datetime
 
-    dirs = [Path(p) for p in paths if Path(p).is_dir()]
-    if len(paths) == 1 and dirs:
-        return dirs[0] / name if name.endswith(".html") else dirs[0]
+    if len(paths) == 1 and is_sweep(Path(paths[0])):
+        return Path(paths[0]) / name if name.endswith(".html") else Path(paths[0])
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     return Path(f"report-{stamp}.html") if name.endswith(".html") else Path(f"compare-{stamp}")
 
@@ -134,16 +144,26 @@ def run_subcommand(argv: list[str]) -> int:
 
     args = _subcommand_parser().parse_args(argv)
     try:
+        if args.command == "compare" and args.out is not None and args.out.exists() and not args.out.is_dir():
+            raise RegbenchError(f"--out {args.out} is a file: give a folder for summary.csv, .md and .tex")
+        if args.command == "report" and args.out is not None and args.out.is_dir():
+            raise RegbenchError(f"--out {args.out} is a folder: give the HTML file to write, e.g. "
+                                f"{args.out / 'report.html'}")
         comparison = compare(args.paths, by=args.by, metric=args.metric, baseline=args.baseline)
         if args.command == "compare":
             out = args.out or _default_out(args.paths, "")
             files = comparison.write(out)
+            notes = []
             if args.plots:
                 from regbench.plots import write_plots
 
-                files += write_plots(comparison, out / "plots")
+                plotted = write_plots(comparison, out / "plots")
+                files += plotted.files
+                notes += plotted.notes
             with pd.option_context("display.width", 250, "display.max_columns", None):
-                print(comparison.text())
+                print(comparison.text(wide=args.wide))
+            for note in notes:
+                print(f"note: {note}")
             print("\nwrote " + ", ".join(str(f) for f in files))
         else:
             from regbench.report import write_report
@@ -159,13 +179,35 @@ def run_subcommand(argv: list[str]) -> int:
     return 0
 
 
+def version_line() -> str:
+    import hydra
+    import torch
+
+    from regbench import __version__
+
+    return f"regbench {__version__} (torch {torch.__version__}, hydra {hydra.__version__})"
+
+
+# Hydra's flags that print something instead of running: one configuration's worth each.
+PRINTING_FLAGS = ("--cfg", "-c", "--info", "-i", "--resolve")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         sys.exit(run_subcommand(sys.argv[1:]))
+    if sys.argv[1:] == ["help"]:
+        sys.argv[1:] = ["--help"]
+    if sys.argv[1:2] in (["--version"], ["-V"]):
+        print(version_line())
+        sys.exit(0)
     if os.environ.get(DEBUG_ENV):
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    from regbench.preflight import check_command_line
+    from regbench.preflight import MULTIRUN_FLAGS, check_command_line
 
+    if any(a in MULTIRUN_FLAGS for a in sys.argv[1:]) and any(a in PRINTING_FLAGS for a in sys.argv[1:]):
+        print("regbench: error: --cfg and --info show one configuration: drop -m and give one value per key "
+              "(e.g. regularizer=bn, not regularizer=none,bn)", file=sys.stderr)
+        sys.exit(2)
     try:  # every configuration of the command line, before anything starts
         check_command_line(sys.argv[1:])
         _prepare_rank(sys.argv)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from importlib.resources import files
 
 from omegaconf import DictConfig
 
@@ -51,11 +52,43 @@ def _explain(err: Exception, override: str | None, others: list[str]) -> ConfigE
             known = _keys(compose_config(others))
         except Exception:  # noqa: BLE001 - the suggestion is a courtesy
             known = []
-        close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        return ConfigError(f"{override}: there is no key {key!r} in the config{hint}; to add a new key write "
-                           f"+{override.lstrip('+')}")
+        return unknown_key(override, key, known)
     return ConfigError(f"{override + ': ' if override else ''}{text}")
+
+
+def unknown_key(override: str, key: str, known: list[str]) -> ConfigError:
+    """One line for a key that no part of the run reads: it is refused, never silently ignored, and a
+    suggestion only ever names a key that exists in this configuration."""
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ConfigError(f"{override}: there is no key {key!r} in this configuration{hint}; regbench refuses keys "
+                       "that nothing would read rather than ignore them")
+
+
+def config_groups() -> set[str]:
+    """The config groups (folders of regbench's conf/, e.g. regularizer, hydra/launcher)."""
+    root = files("regbench.conf")
+    found: set[str] = set()
+
+    def walk(folder, prefix: str) -> None:
+        for entry in folder.iterdir():
+            if entry.is_dir() and not entry.name.startswith("_"):
+                found.add(prefix + entry.name)
+                walk(entry, f"{prefix}{entry.name}/")
+    walk(root, "")
+    return found
+
+
+def _added_keys(overrides: list[str], parsed) -> list[tuple[str, str]]:
+    """(override, key) for each +key=value / ++key=value that sets a config key (not a group)."""
+    groups = config_groups()
+    out = []
+    for text, override in zip(overrides, parsed):
+        key = override.key_or_group
+        if override.type.name in ("ADD", "FORCE_ADD") and key.split("@")[0] not in groups \
+                and not key.startswith("hydra"):
+            out.append((text, key))
+    return out
 
 
 def check_command_line(argv: Sequence[str]) -> int:
@@ -77,8 +110,8 @@ def check_command_line(argv: Sequence[str]) -> int:
     for override in parsed:
         if override.key_or_group.startswith("hydra"):
             continue  # Hydra checks its own settings
-        prefix = {"ADD": "+", "DEL": "~", "FORCE_ADD": "++"}.get(override.type.name, "")
-        key = f"{prefix}{override.get_key_element()}"
+        key = override.get_key_element()  # with its +, ++ or ~
+        prefix = key[: len(key) - len(key.lstrip("+~"))]
         if override.is_interval_sweep():  # an Optuna search range: check both ends
             interval = override.value()
             values = [str(interval.start), str(interval.end)]
@@ -89,6 +122,18 @@ def check_command_line(argv: Sequence[str]) -> int:
         choices.append([f"{key}={v}" if not (prefix == "~" and v == "null") else key for v in values])
 
     base = [values[0] for values in choices]
+    # Jobs that a launcher sends to other machines (Slurm) find their device and data there, not here.
+    on_this_machine = not any(a.startswith("hydra/launcher=") and "slurm" in a for a in args)
+    added = _added_keys(base, OverridesParser.create().parse_overrides(base)) if base else []
+    if added:  # a key the config does not define is read by nothing: refuse it
+        plain = [o for o in base if o not in {text for text, _ in added}]
+        try:
+            known = _keys(compose_config(plain))
+        except HydraException:
+            known = []
+        for text, key in added:
+            if key not in known:
+                raise unknown_key(text, key, known)
     variants = [(None, base)] + [(value, base[:i] + [value] + base[i + 1:])
                                  for i, values in enumerate(choices) for value in values[1:]]
     for changed, overrides in variants:
@@ -98,7 +143,7 @@ def check_command_line(argv: Sequence[str]) -> int:
             culprit = changed or _find_culprit(overrides)
             others = [o for o in overrides if o != culprit]
             raise _explain(err, culprit, others) from None
-        validate(cfg)
+        validate(cfg, machine=on_this_machine)
     return len(variants)
 
 

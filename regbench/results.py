@@ -1,6 +1,5 @@
 """A sweep's results.csv: one flat row per run record, rebuilt from the runs' metrics.json files under a
-lock, so jobs finishing at the same moment (or on other nodes) cannot lose rows; and the short table a
-sweep prints when it ends."""
+lock, so jobs finishing at the same moment (or on other nodes) cannot lose rows."""
 from __future__ import annotations
 
 import json
@@ -49,18 +48,3 @@ def update_sweep_results(sweep_dir: Path) -> pd.DataFrame:
             frame = frame[first + [c for c in frame.columns if c not in first]]
         write_csv_atomic(sweep_dir / RESULTS_FILE, frame)
     return frame
-
-
-def summary_table(frame: pd.DataFrame) -> str:
-    """A short, readable table of a sweep for the terminal."""
-    if frame.empty:
-        return "(no finished runs)"
-    primary = frame["primary_metric"].iloc[0] if "primary_metric" in frame else "accuracy"
-    columns = [c for c in ("task", "regularizer", "optimizer", "seed", "status", "best_epoch",
-                           f"train.{primary}", f"val.{primary}", f"test.{primary}", "gap", "params",
-                           "train_time_s") if c in frame.columns]
-    table = frame[columns].copy()
-    for c in table.columns:
-        if table[c].dtype.kind == "f":
-            table[c] = table[c].map(lambda v: f"{v:.4f}" if c != "train_time_s" else f"{v:.1f}")
-    return table.to_string(index=False)

@@ -5,6 +5,7 @@ make no sense (dropout p = 1.5, a negative lr, an unknown activation). The share
 here; the regimen, the task and the model check their own keys (regbench.checks has the helpers)."""
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig
 
 from regbench import checks
@@ -17,8 +18,10 @@ from regbench.tasks import task_class
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def validate(cfg: DictConfig) -> Regimen:
-    """Raise ConfigError on the first invalid value; return the config's regimen."""
+def validate(cfg: DictConfig, machine: bool = True) -> Regimen:
+    """Raise ConfigError (or DataError) on the first problem; return the config's regimen. `machine`: also
+    check what depends on this machine, the device and the data (not where a launcher runs the jobs on
+    other machines, e.g. Slurm)."""
     checks.number(cfg, "seed", low=0, integer=True)
     regimen = Regimen.from_config(cfg)
 
@@ -48,7 +51,22 @@ def validate(cfg: DictConfig) -> Regimen:
     check_model = model_validator(cfg)
     if check_model is not None:
         check_model(cfg, regimen)
+    if machine:
+        _check_device(cfg)
+        task.check_data(cfg)
     return regimen
+
+
+def _check_device(cfg: DictConfig) -> None:
+    device = str(cfg.trainer.device)
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.device={device} but this machine has no CUDA device: use trainer.device=auto "
+                              "or cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"trainer.device={device} but this machine has {torch.cuda.device_count()} CUDA "
+                              f"device(s): use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 
 
 def _check_trainer(cfg: DictConfig) -> None:

@@ -46,17 +46,48 @@ class Cifar10Arrays:
     source: str
 
 
-def accepted_files_message(dirs: list[Path]) -> str:
+def accepted_files_message(dirs: list[Path], download: bool = False) -> str:
     where = " or ".join(str(d) for d in dirs)
+    how = "" if download else " Or set data.download=true on a machine that is online."
     return (f"CIFAR-10 not found in {where}. Put one of these there: {TORCHVISION_ARCHIVE} or its extracted "
             f"{TORCHVISION_DIR}/ (the official python version, as torchvision downloads it); or an image folder "
             f"{IMAGEFOLDER_NAMES[0]}/ with train/<class>/*.jpg and test/<class>/*.jpg, or a tar of it "
-            f"({', '.join(IMAGEFOLDER_ARCHIVES)}). Or set data.download=true on a machine that is online. "
-            f"The data folder is paths.data_dir (env REGBENCH_DATA).")
+            f"({', '.join(IMAGEFOLDER_ARCHIVES)}).{how} The data folder is paths.data_dir (env REGBENCH_DATA).")
 
 
 def search_dirs(data_dir: Path) -> list[Path]:
     return [data_dir, data_dir / "cifar10"]
+
+
+def find_source(data_dir: Path, source: str = "auto") -> tuple[str, Path] | None:
+    """(kind, path) of the first CIFAR-10 copy on disk that `source` allows: torchvision's files, an image
+    folder, or a tar of one; None when there is none."""
+    dirs = search_dirs(Path(data_dir))
+    if source in ("auto", "torchvision"):
+        for d in dirs:
+            if (d / TORCHVISION_DIR).is_dir() or (d / TORCHVISION_ARCHIVE).is_file():
+                return "torchvision", d
+    if source in ("auto", "imagefolder"):
+        for d in dirs:
+            for name in IMAGEFOLDER_NAMES:
+                folder = d / name
+                if (folder / "train").is_dir() and (folder / "test").is_dir():
+                    return "folder", folder
+            for name in IMAGEFOLDER_ARCHIVES:
+                if (d / name).is_file():
+                    return "tar", d / name
+    return None
+
+
+def check(data_dir: Path, cache_dir: Path, source: str = "auto", download: bool = True) -> None:
+    """Raise DataError when load() could not get CIFAR-10: no cache, no copy on disk, no download allowed."""
+    if source in ("auto", "cache") and cached_file(Path(cache_dir), CACHE_NAME) is not None:
+        return
+    if source == "cache":
+        raise DataError(f"data.source=cache but {Path(cache_dir) / CACHE_NAME} does not exist: run once with "
+                        "data.source=auto")
+    if find_source(data_dir, source) is None and not (download and source in ("auto", "torchvision")):
+        raise DataError(accepted_files_message(search_dirs(Path(data_dir))))
 
 
 def load(data_dir: Path, cache_dir: Path, source: str = "auto", download: bool = True) -> Cifar10Arrays:
@@ -80,23 +111,15 @@ def load(data_dir: Path, cache_dir: Path, source: str = "auto", download: bool =
 
 
 def _load_uncached(data_dir: Path, source: str, download: bool) -> Cifar10Arrays:
-    dirs = search_dirs(data_dir)
-    if source in ("auto", "torchvision"):
-        for d in dirs:
-            if (d / TORCHVISION_DIR).is_dir() or (d / TORCHVISION_ARCHIVE).is_file():
-                return _from_torchvision(d, download=False)
-    if source in ("auto", "imagefolder"):
-        for d in dirs:
-            for name in IMAGEFOLDER_NAMES:
-                folder = d / name
-                if (folder / "train").is_dir() and (folder / "test").is_dir():
-                    return _from_image_folder(folder)
-            for name in IMAGEFOLDER_ARCHIVES:
-                if (d / name).is_file():
-                    return _from_image_tar(d / name)
+    found = find_source(data_dir, source)
+    if found is not None:
+        kind, path = found
+        readers = {"torchvision": lambda: _from_torchvision(path, download=False),
+                   "folder": lambda: _from_image_folder(path), "tar": lambda: _from_image_tar(path)}
+        return readers[kind]()
     if download and source in ("auto", "torchvision"):
         return _from_torchvision(data_dir, download=True)
-    raise DataError(accepted_files_message(dirs))
+    raise DataError(accepted_files_message(search_dirs(data_dir)))
 
 
 @contextmanager
@@ -124,7 +147,8 @@ def _from_torchvision(root: Path, download: bool) -> Cifar10Arrays:
     except tarfile.FilterError as err:
         raise DataError(f"{root / TORCHVISION_ARCHIVE}: refusing to extract it: {err}") from None
     except (OSError, RuntimeError) as err:
-        raise DataError(f"{accepted_files_message(search_dirs(root))} (torchvision said: {err})") from None
+        raise DataError(f"{accepted_files_message(search_dirs(root), download=download)} (torchvision said: "
+                        f"{err})") from None
     return Cifar10Arrays(np.asarray(train.data, dtype=np.uint8), np.asarray(train.targets, dtype=np.int64),
                          np.asarray(test.data, dtype=np.uint8), np.asarray(test.targets, dtype=np.int64),
                          source=f"torchvision:{root}")
@@ -202,7 +226,8 @@ def _from_image_tar(archive: Path) -> Cifar10Arrays:
                         fh = tar.extractfile(member)
                         yield tuple(Path(member.name).parts), fh.read()
         except (tarfile.TarError, EOFError, OSError) as err:
-            raise DataError(f"{archive} is not a readable tar archive ({err}); re-download or re-copy it") from None
+            reason = " ".join(str(err).split())  # one line: tarfile lists every method it tried on lines of their own
+            raise DataError(f"{archive} is not a readable tar archive ({reason}); re-download or re-copy it") from None
 
     return _assemble(items(), str(archive))
 

@@ -102,15 +102,20 @@ def locate_splits(dirs: list[Path], what: str, split_names: dict[str, tuple[str,
     return found
 
 
+def check_conll2000(dirs: list[Path], download: bool) -> None:
+    """Raise DataError when CoNLL-2000's files are neither on disk nor allowed to be downloaded."""
+    if not download and not all(_find(dirs, (f"{split}.txt",)) for split in ("train", "test")):
+        raise _missing("CoNLL-2000", dirs, "train.txt.gz and test.txt.gz (the original shared-task files)",
+                       " or set data.download=true on a machine that is online")
+
+
 def conll2000_files(dirs: list[Path], download: bool) -> dict[str, Path]:
     """train.txt.gz and test.txt.gz of CoNLL-2000, downloaded into dirs[0] when absent and allowed."""
     names = {"train": ("train.txt",), "test": ("test.txt",)}
     found = {split: _find(dirs, n) for split, n in names.items()}
     if all(found.values()):
         return found  # type: ignore[return-value]
-    if not download:
-        raise _missing("CoNLL-2000", dirs, "train.txt.gz and test.txt.gz (the original shared-task files)",
-                       " or set data.download=true on a machine that is online")
+    check_conll2000(dirs, download)
     target = dirs[0]
     for split, path in found.items():
         if path is None:

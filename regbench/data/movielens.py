@@ -75,18 +75,28 @@ class _Files:
             raise DataError(f"{self.path}: {name} is malformed ({str(err).strip()}); re-download it") from None
 
 
-def locate(name: str, dirs: list[Path], allow_download: bool) -> Path:
-    """The zip or extracted folder of `name` in the first of `dirs` that holds one, else a download."""
+def on_disk(name: str, dirs: list[Path], allow_download: bool) -> Path | None:
+    """The zip or extracted folder of `name` in the first of `dirs` that holds one; None when there is none
+    but a download is allowed; DataError when neither."""
     if name not in DATASETS:
         raise DataError(f"data.name={name!r} is not a MovieLens set this loader knows: choose one of {', '.join(DATASETS)}")
     for d in dirs:
         for candidate in (d / f"{name}.zip", d / name):
             if candidate.exists():
                 return candidate
-    looked = ", ".join(str(d) for d in dirs)
     if not allow_download:
+        looked = ", ".join(str(d) for d in dirs)
         raise DataError(f"MovieLens {name}: no {name}.zip or {name}/ folder in {looked}; put the GroupLens file "
                         "there, set data.dir, or set data.download=true on a machine that is online")
+    return None
+
+
+def locate(name: str, dirs: list[Path], allow_download: bool) -> Path:
+    """The zip or extracted folder of `name` in the first of `dirs` that holds one, else a download."""
+    found = on_disk(name, dirs, allow_download)
+    if found is not None:
+        return found
+    looked = ", ".join(str(d) for d in dirs)
     url = GROUPLENS_URL.format(name=name)
     try:
         return download(url, dirs[0] / f"{name}.zip")

@@ -48,6 +48,11 @@ class Task(ABC):
     def validate_config(cls, cfg: DictConfig) -> None:
         """Raise ConfigError for a bad task key (`data.*`)."""
 
+    @classmethod
+    def check_data(cls, cfg: DictConfig) -> None:
+        """Raise DataError when the data cannot be had: not on disk and no download allowed. Cheap (nothing
+        is read or downloaded), so every run of a grid is checked before anything starts."""
+
     @abstractmethod
     def model_inputs(self) -> dict[str, Any]:
         """What the model factory needs to know about this task's data, as keyword arguments (e.g.

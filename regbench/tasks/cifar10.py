@@ -51,6 +51,10 @@ class Cifar10Task(Task):
         checks.number(cfg, "data.augment.color_jitter", low=0, high=1, high_open=True)
         checks.number(cfg, "data.augment.rotation", low=0, high=180)
 
+    @classmethod
+    def check_data(cls, cfg: DictConfig) -> None:
+        cifar10_data.check(Path(cfg.paths.data_dir), Path(cfg.paths.cache_dir), cfg.data.source, cfg.data.download)
+
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         super().__init__(cfg, device)
         dcfg = cfg.data

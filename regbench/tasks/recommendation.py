@@ -68,14 +68,23 @@ class MovieLensTask(Task):
             raise ConfigError(f"data.valid_metric={d.valid_metric!r} is not computed: choose one of "
                               f"{', '.join(allowed)} (the cut-offs come from data.ks)")
 
+    @staticmethod
+    def data_dirs(cfg: DictConfig) -> list[Path]:
+        """data.dir when it is set, else paths.data_dir/movielens, then paths.data_dir."""
+        if cfg.data.get("dir"):
+            return [Path(cfg.data.dir).expanduser()]
+        return [Path(cfg.paths.data_dir) / "movielens", Path(cfg.paths.data_dir)]
+
+    @classmethod
+    def check_data(cls, cfg: DictConfig) -> None:
+        movielens.on_disk(cfg.data.name, cls.data_dirs(cfg), cfg.data.download)
+
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         super().__init__(cfg, device)
         d = cfg.data
         self.primary_metric = d.valid_metric
         self.ks = sorted(set(d.ks))
-        dirs = [Path(d.dir).expanduser()] if d.get("dir") else \
-            [Path(cfg.paths.data_dir) / "movielens", Path(cfg.paths.data_dir)]
-        self.source = movielens.locate(d.name, dirs, d.download)
+        self.source = movielens.locate(d.name, self.data_dirs(cfg), d.download)
         # the zip's hash goes into the record; with data.sha256 set, a different file is refused
         self.sha256 = verify_sha256(self.source, d.get("sha256")) if self.source.is_file() else None
         self.dataset = movielens.load(d.name, self.source)

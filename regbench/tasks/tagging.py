@@ -192,11 +192,16 @@ class TaggingTask(Task):
     def _read(self, path: Path) -> list[conll.Sentence]:
         return conll.read_conll(path, self.cfg.data.token_column, self.cfg.data.tag_column)
 
-    def _dirs(self, subdir: str) -> list[Path]:
-        if self.cfg.data.get("dir"):
-            return [Path(self.cfg.data.dir).expanduser()]
-        data_dir = Path(self.cfg.paths.data_dir)
+    @staticmethod
+    def data_dirs(cfg: DictConfig, subdir: str) -> list[Path]:
+        """data.dir when it is set, else paths.data_dir/<subdir>, then paths.data_dir."""
+        if cfg.data.get("dir"):
+            return [Path(cfg.data.dir).expanduser()]
+        data_dir = Path(cfg.paths.data_dir)
         return [data_dir / subdir, data_dir]
+
+    def _dirs(self, subdir: str) -> list[Path]:
+        return self.data_dirs(self.cfg, subdir)
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         super().__init__(cfg, device)
@@ -332,6 +337,10 @@ class Conll2003Task(TaggingTask):
     SPLITS = {"train": ("train.txt", "eng.train"), "val": ("valid.txt", "eng.testa", "dev.txt"),
               "test": ("test.txt", "eng.testb")}
 
+    @classmethod
+    def check_data(cls, cfg: DictConfig) -> None:
+        conll.locate_splits(cls.data_dirs(cfg, "conll2003"), "CoNLL-2003", cls.SPLITS)
+
     def load_splits(self) -> dict[str, list[conll.Sentence]]:
         self.paths = conll.locate_splits(self._dirs("conll2003"), "CoNLL-2003", self.SPLITS)
         return {split: self._read(path) for split, path in self.paths.items()}
@@ -349,6 +358,10 @@ class ConllTask(TaggingTask):
         if not cfg.data.get("dir"):
             raise ConfigError("task=conll needs data.dir=PATH: a folder with train, valid (or dev) and test files")
 
+    @classmethod
+    def check_data(cls, cfg: DictConfig) -> None:
+        conll.locate_splits(cls.data_dirs(cfg, ""), "a CoNLL-format corpus", cls.SPLITS)
+
     def load_splits(self) -> dict[str, list[conll.Sentence]]:
         self.paths = conll.locate_splits(self._dirs(""), "a CoNLL-format corpus", self.SPLITS)
         return {split: self._read(path) for split, path in self.paths.items()}
@@ -362,6 +375,10 @@ class Conll2000Task(TaggingTask):
         super().validate_config(cfg)
         checks.number(cfg, "data.val_size", low=1, integer=True)
         checks.boolean(cfg, "data.download")
+
+    @classmethod
+    def check_data(cls, cfg: DictConfig) -> None:
+        conll.check_conll2000(cls.data_dirs(cfg, "conll2000"), cfg.data.download)
 
     def load_splits(self) -> dict[str, list[conll.Sentence]]:
         files = conll.conll2000_files(self._dirs("conll2000"), self.cfg.data.download)
