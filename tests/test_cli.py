@@ -1,7 +1,6 @@
-"""The `regbench` command end to end in a subprocess: a single run and a 2-job multirun."""
+"""The `regbench` command end to end in a subprocess: single runs, multiruns, compare and report, and
+the command's own help, version and one-line errors."""
 from __future__ import annotations
-
-import pytest
 
 import json
 import subprocess
@@ -9,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from conftest import tiny_overrides
 
@@ -30,6 +30,11 @@ def test_single_run_writes_its_record_under_outputs(tiny_data_dir, tmp_path, cli
     record = json.loads((runs[0] / "metrics.json").read_text())
     assert record["status"] == "completed" and record["overrides"]["regularizer"] == "bn"
     assert "completed: test accuracy" in result.stderr
+    # one line when training starts (stderr is not a terminal here, so no progress bar), and the final
+    # line's metric with 4 decimals
+    assert "training cifar10 cnn13 with regularizer=bn on cpu for up to 1 epochs" in result.stderr
+    value = result.stderr.split("completed: test accuracy ")[1].split(" ")[0]
+    assert len(value.split(".")[1]) == 4
 
 
 def test_two_job_multirun_writes_a_two_row_results_csv(tiny_data_dir, tmp_path, cli_env):
@@ -105,3 +110,73 @@ def check_report(path: Path, expected_images: int) -> None:
     for src in parser.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:4] == b"\x89PNG"
+
+
+def test_help_names_the_subcommands_and_version_names_regbench(tmp_path, cli_env):
+    for words in (["--help"], ["help"]):
+        result = regbench(words, cli_env, tmp_path)
+        assert result.returncode == 0 and "regbench compare PATH" in result.stdout and "regbench report" in result.stdout
+        assert "regularizer: bn, bn_dropout" in result.stdout
+    version = regbench(["--version"], cli_env, tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("regbench 0.") and "torch" in version.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-m", "regularizer=none,bn", "--cfg", "job"], "--cfg and --info show one configuration: drop -m"),
+    (["+trainer.max_epoch=3"], "there is no key 'trainer.max_epoch' in this configuration (did you mean "
+                               "trainer.max_epochs?); regbench refuses keys that nothing would read"),
+    (["task=movielens", "data.limit_train=100"], "data.limit_train=100: there is no key 'data.limit_train'"),
+    (["task=conll2003", "+model.width=0.5"], "+model.width=0.5: there is no key 'model.width'"),
+    (["paths.data_dir=/nowhere", "data.download=false"], "CIFAR-10 not found in /nowhere"),
+    (["trainer.device=cuda"], "trainer.device=cuda but this machine has no CUDA device"),
+])
+def test_what_cannot_run_is_one_line_exit_2_and_nothing_is_written(args, message, tmp_path, cli_env):
+    result = regbench(args, cli_env, tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "+data.limit_train" not in result.stderr  # no advice to add a key that nothing would read
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_data_that_fails_while_loading_leaves_no_record(tmp_path, cli_env):
+    """A damaged archive passes the start-up check (it is there) and fails while the run loads it: the run
+    never started, so there is no record for compare to list, and the error is one line."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cifar10-jpeg.tar").write_bytes(b"not a tar at all")
+    result = regbench([f"paths.data_dir={data}", f"paths.cache_dir={tmp_path / 'cache'}", "data.download=false",
+                       f"hydra.run.dir={tmp_path / 'run'}"], cli_env, tmp_path)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and last.startswith("regbench: error:") and "is not a readable tar archive" in last
+    assert "Traceback" not in result.stderr and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_compare_writes_summaries_into_a_sweep_or_out_only(tiny_data_dir, tmp_path, cli_env):
+    sweep = tmp_path / "sweep"
+    result = regbench(["-m", "regularizer=none,bn", *tiny_overrides(tiny_data_dir, tmp_path / "cache"),
+                       f"hydra.sweep.dir={sweep}"], cli_env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "cnn13" not in result.stdout.split("results:")[0] or "regularizer" in result.stdout  # swept keys shown
+    run_dir = sweep / "0"
+    work = tmp_path / "work"
+    work.mkdir()
+    assert regbench(["compare", str(run_dir)], cli_env, work).returncode == 0
+    assert not list(run_dir.glob("summary.*")) and len(list(work.glob("compare-*/summary.csv"))) == 1
+    taken = tmp_path / "taken.txt"
+    taken.write_text("x")
+    result = regbench(["compare", str(sweep), "--out", str(taken)], cli_env, tmp_path)
+    assert result.returncode == 2 and "is a file: give a folder" in result.stderr and "Errno" not in result.stderr
+    wide = regbench(["compare", str(sweep), "--wide"], cli_env, tmp_path)
+    assert "min–max" in wide.stdout and "min–max" not in regbench(["compare", str(sweep)], cli_env, tmp_path).stdout
+
+
+def test_the_table_at_the_end_of_a_sweep_tells_its_runs_apart(tiny_ml_dir, tmp_path, cli_env):
+    result = regbench(["-m", "task=movielens", f"data.dir={tiny_ml_dir}", "model=two_tower,popularity",
+                       "trainer.max_epochs=1", "trainer.progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                      cli_env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["task", "model"])  # not Hydra's log
+    table = lines[start:start + 3]
+    assert lines[start + 3] == "" and "train s" in table[0]
+    assert {row.split()[1] for row in table[1:]} == {"two_tower", "popularity"}

@@ -134,9 +134,9 @@ def test_a_varying_override_makes_its_own_groups_and_by_overrides_it(tmp_path):
     make_sweep(tmp_path / "s", {"none": NONE}, **{"optimizer.lr": "0.1"})
     make_sweep(tmp_path / "s" / "more", {"none": BN}, **{"optimizer.lr": "0.01"})
     comparison = compare([tmp_path / "s"])
-    assert comparison.keys == ["task", "model", "regularizer", "optimizer", "optimizer.lr"]
+    assert comparison.keys == ["task", "optimizer.lr"]  # (records without `config`: names and overrides that vary)
     assert sorted(comparison.summary["optimizer.lr"]) == ["0.01", "0.1"]
-    pooled = compare([tmp_path / "s"], by=["regularizer"])
+    pooled = compare([tmp_path / "s"], by=["regularizer"])  # one regularizer: every run in one group
     assert pooled.summary["runs"].tolist() == [6]
     by_lr = compare([tmp_path / "s"], by=["optimizer.lr"], baseline="optimizer.lr=0.1")
     row = by_lr.summary.set_index("optimizer.lr").loc["0.01"]
@@ -144,7 +144,7 @@ def test_a_varying_override_makes_its_own_groups_and_by_overrides_it(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"by": ["nonsense"]}, "--by nonsense: no such column"),
+    ({"by": ["nonsense"]}, "--by nonsense: no such key in the run records; choose from task, model"),
     ({"metric": "bleu"}, "no column 'test.bleu'"),
     ({"baseline": "optimizer.lr=1"}, "not one of the grouping keys"),
     ({"baseline": "none"}, "write it as KEY=VALUE"),
@@ -179,3 +179,86 @@ def test_cli_compare_exits_2_with_one_line_on_bad_input(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("regbench compare: error:") and "Traceback" not in result.stderr
+
+
+# -- grouping by what ran (records that carry their resolved `config`) ------------------------------
+def test_settings_that_differ_in_value_are_different_groups_even_under_one_name(small_run, tmp_path):
+    """optimizer=adam and optimizer=adam_tagging are both Adam: they differ in lr, and that is the label."""
+    small_run("movielens", "optimizer=adam", name="sweep/0")
+    small_run("movielens", "optimizer=adam_tagging", name="sweep/1")
+    comparison = compare([tmp_path / "sweep"])
+    assert comparison.keys == ["task", "optimizer.lr"]
+    assert sorted(comparison.summary["optimizer.lr"]) == ["0.001", "0.005"]
+    assert comparison.summary["n"].tolist() == [1, 1] and comparison.summary["repeated_seeds"].sum() == 0
+
+
+def test_the_same_setting_written_two_ways_is_one_group(small_run, tmp_path):
+    small_run("movielens", "optimizer=adam", "optimizer.lr=0.001", "seed=0", name="sweep/0")
+    small_run("movielens", "optimizer=adam", "seed=1", name="sweep/1")  # lr 0.001 is adam's default
+    comparison = compare([tmp_path / "sweep"])
+    assert comparison.keys == ["task"] and comparison.summary["n"].tolist() == [2]
+
+
+def test_a_config_group_shows_as_its_name_and_other_keys_as_themselves(small_run, tmp_path):
+    for i, extra in enumerate((["regularizer=none"], ["regularizer=dropout"],
+                               ["regularizer=dropout", "regularizer.dropout.p=0.2"])):
+        small_run("movielens", *extra, name=f"sweep/{i}")
+    comparison = compare([tmp_path / "sweep"], baseline="regularizer=none")
+    assert comparison.keys == ["task", "regularizer", "regularizer.dropout.p"]
+    assert set(zip(comparison.summary["regularizer"], comparison.summary["regularizer.dropout.p"])) == {
+        ("none", "0"), ("dropout", "0.5"), ("dropout", "0.2")}
+
+
+def test_each_run_counts_once_whatever_reached_it_twice(small_run, tmp_path):
+    """A re-run reuses a finished run (a copy with the same run id in the new sweep), and an interrupted
+    attempt is completed by a later one: each is one run, its latest attempt."""
+    first, _ = small_run("movielens", name="a/0")
+    again, _ = small_run("movielens", name="b/0")
+    assert again["reused_from"] is not None and again["run_id"] == first["run_id"]
+    attempt = dict(first, status="interrupted", started_at="2000-01-01T00:00:00+00:00", test={})
+    write_json_atomic(tmp_path / "c" / "0" / "metrics.json", attempt)
+    comparison = compare([tmp_path / "a", tmp_path / "b", tmp_path / "c"])
+    row = comparison.summary.iloc[0]
+    assert (row["runs"], row["n"], row["completed"], row["interrupted"], row["repeated_seeds"]) == (1, 1, 1, 0, 0)
+    assert comparison.runs.attrs["duplicates"] == 2 and "counted once" in comparison.status_line()
+
+
+def test_cost_columns_average_exactly_the_runs_the_metric_averages(tmp_path):
+    sweep = make_sweep(tmp_path / "s", {"none": NONE})
+    write_run(sweep / "9", "none", 0, NONE[0])  # seed 0 again: its metric counts once (the later record) ...
+    write_json_atomic(sweep / "9" / "metrics.json", {**__import__("json").loads((sweep / "9" / "metrics.json")
+                                                                                  .read_text()), "train_time_s": 1000.0})
+    write_run(sweep / "10", "none", 7, float("nan"))  # ... and a completed run without a finite metric not at all
+    row = compare([sweep]).summary.iloc[0]
+    assert row["n"] == 3 and row["train_time_s"] == pytest.approx((1000.0 + 11.0 + 12.0) / 3)
+
+
+def test_a_baseline_no_group_has_is_refused_with_the_groups_there_are(tmp_path):
+    sweep = make_sweep(tmp_path / "s", {"none": NONE, "bn": BN})
+    with pytest.raises(CompareError, match=r"^--baseline regularizer=dropout: no group has regularizer=dropout; "
+                                           r"the groups have regularizer = none, bn$"):
+        compare([sweep], baseline="regularizer=dropout")
+
+
+def test_numbers_stay_readable(tmp_path):
+    from regbench.compare import fmt
+
+    assert fmt(288563671923635528178597888.0) == "2.886e+26" and fmt(float("nan")) == "–" and fmt(0.1234567) == "0.1235"
+    sweep = make_sweep(tmp_path / "s", {"none": [0.5, 0.6, 0.7], "bn": [0.6, 0.7, 0.8]})  # every seed +0.1
+    comparison = compare([sweep])
+    bn = comparison.table.set_index("regularizer").loc["bn"]
+    assert bn["p"] == "– (no spread)" and "nan" not in comparison.text(wide=True)
+    write_run(tmp_path / "one" / "0", "none", 0, 0.5)
+    assert compare([tmp_path / "one"]).status_line().startswith("1 run in 1 group (1 completed)")
+    diverged = make_sweep(tmp_path / "d", {"none": [0.5]})
+    write_run(diverged / "1", "bn", 0, None, status="diverged")
+    wide = compare([diverged]).wide_table.set_index("regularizer")
+    assert wide.loc["bn", "min–max"] == "–" and wide.loc["bn", "mean ± 95% CI"] == "–"
+
+
+def test_the_terminal_table_fits_100_columns_and_wide_has_every_column(tmp_path):
+    sweep = make_sweep(tmp_path / "s", {"none": NONE, "bn": BN, "bn_dropout_gc": NONE, "dropout": BN})
+    comparison = compare([sweep])
+    assert max(len(line) for line in comparison.text().splitlines()[:-1]) <= 100
+    assert {"std", "min–max", "params", "train s", "rank"} <= set(comparison.wide_table.columns)
+    assert {"std", "params"}.isdisjoint(comparison.table.columns)

@@ -36,7 +36,7 @@ def test_every_option_composes_and_validates(compose_cfg, group, option):
     if group == "model" and option in TASK_OF_MODEL:
         extra.append(TASK_OF_MODEL[option])
     cfg = compose_cfg(f"{group}={option}", *extra)
-    validate(cfg)
+    validate(cfg, machine=False)
     if group == "regularizer":
         assert cfg.regularizer.name == option
     if group == "optimizer":
@@ -48,7 +48,7 @@ def test_every_option_composes_and_validates(compose_cfg, group, option):
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes_and_validates(compose_cfg, experiment):
-    validate(compose_cfg(f"experiment={experiment}"))
+    validate(compose_cfg(f"experiment={experiment}"), machine=False)
 
 
 def test_a_task_brings_its_model_optimizer_and_trainer_defaults_and_the_command_line_wins(compose_cfg):
@@ -66,7 +66,7 @@ def test_movielens_defaults_are_the_best_measured_two_tower_recipe(compose_cfg):
     mf = compose_cfg("task=movielens", "model=mf")
     assert (mf.model.loss, mf.model.negatives) == ("bpr", "uniform")  # BPR-MF stays BPR
     bpr = compose_cfg("task=movielens", "model.loss=bpr", "model.negatives=uniform")
-    validate(bpr)
+    validate(bpr, machine=False)
 
 
 def test_the_study_preset_is_three_tasks_by_five_regimens_by_three_seeds():
@@ -121,7 +121,7 @@ def test_data_dir_defaults_to_env(compose_cfg, monkeypatch):
 def test_bad_values_are_rejected_with_the_key_and_what_is_allowed(compose_cfg, override, key, allowed):
     cfg = compose_cfg(*override.split())
     with pytest.raises(ConfigError) as info:
-        validate(cfg)
+        validate(cfg, machine=False)
     message = str(info.value)
     assert key in message and allowed in message
 
@@ -129,7 +129,7 @@ def test_bad_values_are_rejected_with_the_key_and_what_is_allowed(compose_cfg, o
 def test_placement_selectors_accepted(compose_cfg):
     for value in ("all", "none", "default", "first:5", "last:3", "from:6", "[1,2,9]"):
         validate(compose_cfg("regularizer=bn_dropout", f"regularizer.norm.layers={value}",
-                             f"regularizer.dropout.layers={value}"))
+                             f"regularizer.dropout.layers={value}"), machine=False)
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

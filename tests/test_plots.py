@@ -13,8 +13,9 @@ def test_movielens_losses_that_measure_different_things_get_their_own_axes(small
     comparison = compare([tmp_path / "sweep"])
     figure = learning_curves(comparison, run_histories(comparison.runs))
     labels = [ax.get_ylabel() for ax in figure.axes]
-    assert "train loss (solid): in-batch softmax cross-entropy (log-Q corrected)" in labels
-    assert "val loss (dashed): cross-entropy of each held-out item against all items" in labels
+    labels = [label.replace("\n", " ") for label in labels]
+    assert "train loss (solid, filled): in-batch softmax cross-entropy (log-Q corrected)" in labels
+    assert "val loss (dashed, hollow): cross-entropy of each held-out item against all items" in labels
     assert len(figure.axes) == 3  # loss, its twin for the validation loss, and the metric
 
 
@@ -23,3 +24,70 @@ def test_losses_of_one_kind_share_an_axis(small_run, tmp_path):
     comparison = compare([tmp_path / "sweep"])
     figure = learning_curves(comparison, run_histories(comparison.runs))
     assert [ax.get_ylabel() for ax in figure.axes][0] == "loss: cross-entropy" and len(figure.axes) == 2
+
+
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from regbench.plots import gradient_flow, metric_bars, quality_vs_cost, write_plots  # noqa: E402
+
+
+def summary_row(task, regularizer, mean, low, high, n, **costs):
+    return {"task": task, "regularizer": regularizer, "metric": "test.accuracy", "mean": mean, "ci_low": low,
+            "ci_high": high, "n": n, "rank": 1, "params": costs.get("params", 1000),
+            "flops_per_example": costs.get("flops", 5000), "train_time_s": 10.0}
+
+
+def test_bars_start_at_zero_intervals_stay_in_range_and_one_run_has_none():
+    summary = pd.DataFrame([summary_row("a", "none", 0.05, -0.10, 0.20, 3), summary_row("a", "bn", 0.10, np.nan,
+                                                                                        np.nan, 1),
+                            summary_row("b", "none", 0.2570, 0.2568, 0.2578, 3)])
+    figure = metric_bars(summary, ["task", "regularizer"])
+    for ax in figure.axes:
+        assert ax.get_ylim()[0] == 0.0  # every panel starts at 0: a bar's length is its value
+    caps = [c for c in figure.axes[0].collections]  # the error bars of panel a: one group has an interval
+    segments = np.concatenate([c.get_segments() for c in caps])
+    assert len(segments) == 1 and segments[:, :, 1].min() >= 0.0  # clipped at 0, not drawn for n = 1
+
+
+def test_a_cost_a_log_axis_cannot_show_is_named_not_dropped():
+    summary = pd.DataFrame([summary_row("movielens", "two_tower", 0.30, 0.29, 0.31, 3, params=200_000, flops=80_000),
+                            summary_row("movielens", "popularity", 0.14, 0.14, 0.14, 3, params=0, flops=0)])
+    figure = quality_vs_cost(summary, ["task", "regularizer"])
+    notes = [t.get_text() for ax in figure.axes for t in ax.texts]
+    assert sum("not on this axis: popularity (0)" in n for n in notes) == 2  # parameters and FLOPs panels
+
+
+def test_one_epoch_curves_are_visible_and_gradient_flow_rows_line_up(small_run, tmp_path):
+    small_run("cifar10", "regularizer=none", name="sweep/0")
+    small_run("cifar10", "regularizer=bn", name="sweep/1")
+    comparison = compare([tmp_path / "sweep"])
+    histories = run_histories(comparison.runs)
+    curves = learning_curves(comparison, histories)
+    lines = [line for line in curves.axes[0].get_lines() if len(line.get_xdata()) == 1]
+    assert lines and all(line.get_marker() not in ("None", None, "") for line in lines)
+    ticks = [t for t in curves.axes[0].get_xticks() if 0.5 <= t <= 1.5]
+    assert curves.axes[0].get_xlim() == (0.5, 1.5) and ticks == [1.0]  # one epoch, one tick, no 0.945-1.05
+    flow = gradient_flow(comparison, histories, "cifar10")
+    panels = [ax for ax in flow.axes if ax.get_images()]
+    assert len({p.get_images()[0].get_array().shape for p in panels}) == 1  # BN layers are blank rows without BN
+    rows = [t.get_text() for t in panels[0].get_yticklabels()]
+    assert "features.bn1" in rows and rows.index("features.conv1") < rows.index("features.bn1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a report must not print matplotlib's warnings
+        plotted = write_plots(comparison, tmp_path / "plots")
+    assert {p.stem for p in plotted.files} == {"test_metric", "quality_vs_cost", "learning_curves",
+                                               "gradient_flow_cifar10"} and not plotted.notes
+
+
+def test_plots_from_a_results_csv_alone_say_what_they_leave_out(small_run, tmp_path):
+    small_run("cifar10", name="sweep/0")
+    from regbench.results import update_sweep_results
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    update_sweep_results(tmp_path / "sweep").to_csv(elsewhere / "results.csv", index=False)
+    plotted = write_plots(compare([elsewhere / "results.csv"]), tmp_path / "plots")
+    assert len(plotted.notes) == 1 and "learning curves and the gradient-flow plots are left out" in plotted.notes[0]

@@ -195,7 +195,7 @@ def test_regimens_map_onto_the_tower_mlps_and_mf_embeddings(compose_cfg):
 def test_bad_recommendation_config_is_named(compose_cfg, override, message):
     """(two_tower's defaults are in-batch softmax, so model.loss=bpr alone leaves in-batch negatives.)"""
     with pytest.raises(ConfigError, match=message):
-        validate(compose_cfg("task=movielens", override))
+        validate(compose_cfg("task=movielens", override), machine=False)
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ def test_a_model_that_skips_a_selected_layer_is_refused(compose_cfg):
 def test_a_selector_past_the_models_layers_is_refused_whatever_its_form(compose_cfg, selector):
     with pytest.raises(ConfigError, match=r"regularizer.dropout.layers=.* reaches past the model's layers: it has "
                                           r"layers 1..9 \(cnn13"):
-        validate(compose_cfg("regularizer=dropout", f"regularizer.dropout.layers={selector}"))
+        validate(compose_cfg("regularizer=dropout", f"regularizer.dropout.layers={selector}"), machine=False)
 
 
 def test_selectors_parse_every_form_and_name_the_key_when_malformed():
@@ -65,5 +65,5 @@ def test_selectors_parse_every_form_and_name_the_key_when_malformed():
 
 def test_popularity_refuses_a_regimen_it_cannot_apply(compose_cfg):
     with pytest.raises(ConfigError, match="model=popularity trains nothing, so regularizer=bn would change nothing"):
-        validate(compose_cfg("task=movielens", "model=popularity", "regularizer=bn"))
-    validate(compose_cfg("task=movielens", "model=popularity", "regularizer=none"))
+        validate(compose_cfg("task=movielens", "model=popularity", "regularizer=bn"), machine=False)
+    validate(compose_cfg("task=movielens", "model=popularity", "regularizer=none"), machine=False)

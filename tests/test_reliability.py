@@ -106,26 +106,31 @@ def test_sigterm_stops_a_run_as_interrupted_and_the_same_command_resumes_it(tiny
 
 
 def test_a_failing_and_a_diverging_job_do_not_end_the_sweep(tiny_data_dir, tmp_path, cli_env):
+    """A job that crashes while it trains (a task whose step raises) and one whose loss goes to infinity
+    are recorded as failed and diverged; the other jobs go on and the summary counts them."""
+    (tmp_path / "crashing.py").write_text(
+        "from regbench.tasks.cifar10 import Cifar10Task\n\n\n"
+        "class CrashingTask(Cifar10Task):\n"
+        "    def training_step(self, model, batch):\n"
+        "        raise RuntimeError('the step crashed')\n")
     sweep = tmp_path / "sweep"
-    missing = tmp_path / "no-data-here"
-    # the decoded-data cache follows paths.data_dir (its default), so the missing folder has none either
-    overrides = [o for o in tiny_overrides(tiny_data_dir, tmp_path / "cache") if not o.startswith("paths.")]
-    args = ["-m", f"paths.data_dir={tiny_data_dir},{missing}", "optimizer=sgd", "optimizer.lr=0.05,1e12",
-            "data.download=false", *overrides, f"hydra.sweep.dir={sweep}"]
+    args = ["-m", "task._target_=regbench.tasks.cifar10.Cifar10Task,crashing.CrashingTask", "optimizer=sgd",
+            "optimizer.lr=0.05,1e12", *tiny_overrides(tiny_data_dir, tmp_path / "cache"), f"hydra.sweep.dir={sweep}"]
+    env = {**cli_env, "PYTHONPATH": str(tmp_path)}
     result = subprocess.run([sys.executable, "-m", "regbench", *args], capture_output=True, text=True,
-                            env=cli_env, cwd=tmp_path, timeout=600)
+                            env=env, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr
     results = pd.read_csv(sweep / "results.csv")
     assert sorted(results["status"]) == ["completed", "diverged", "failed", "failed"]
     failed = results[results["status"] == "failed"]
-    assert failed["error"].str.contains("CIFAR-10 not found").all()
+    assert failed["error"].str.contains("the step crashed").all()
     summary = pd.read_csv(sweep / "summary.csv")
     assert summary["failed"].sum() == 2 and summary["diverged"].sum() == 1 and summary["completed"].sum() == 1
 
 
 @pytest.mark.parametrize("args, message", [
     (["regularizer=bn_droput"], "regularizer=bn_droput: no such option; choose one of bn, bn_dropout"),
-    (["trainer.max_epoch=3"], "there is no key 'trainer.max_epoch' in the config (did you mean trainer.max_epochs?)"),
+    (["trainer.max_epoch=3"], "there is no key 'trainer.max_epoch' in this configuration (did you mean trainer.max_epochs?)"),
     (["regularizer.dropout.p=1.5"], "regularizer.dropout.p=1.5 is invalid: it must be in [0, 1)"),
     (["-m", "regularizer=none,bn", "optimizer.lr=0.1,-1"], "optimizer.lr=-1 is invalid: it must be > 0"),
     (["-m", "task=cifar10,nope"], "task=nope: no such option"),

@@ -100,7 +100,7 @@ def test_word_normalisation_and_case_classes():
 
 def build_tagger(compose_cfg, *overrides: str) -> bilstm.BiLSTMTagger:
     cfg = compose_cfg("task=conll", "data.dir=/unused", *overrides)
-    validate(cfg)
+    validate(cfg, machine=False)
     return build_model(cfg, Regimen.from_config(cfg), exclude=TaggingTask.task_model_keys, num_words=50,
                        num_chars=20, num_tags=5)
 
@@ -205,7 +205,7 @@ def test_missing_conll2000_offline_names_the_files(small_run, compose_cfg, tmp_p
 
 def test_generic_conll_needs_a_dir_and_rejects_unseen_tags(small_run, compose_cfg, tmp_path, tiny_corpus_dir):
     with pytest.raises(ConfigError, match="data.dir"):
-        validate(compose_cfg("task=conll"))
+        validate(compose_cfg("task=conll"), machine=False)
     corpus = tmp_path / "corpus"
     write(corpus / "train.txt", tiny_corpus(10, 0))
     write(corpus / "dev.txt", "Ann B-ORG\n\n")
@@ -224,7 +224,7 @@ def test_a_non_span_tagset_is_scored_by_token_accuracy(small_run, compose_cfg, t
 
 def test_cnn13_does_not_fit_a_tagging_task(compose_cfg):
     with pytest.raises(ConfigError, match="model=cnn13 does not fit task=conll2003: use model=bilstm"):
-        validate(compose_cfg("task=conll2003", "model=cnn13"))
+        validate(compose_cfg("task=conll2003", "model=cnn13"), machine=False)
 
 
 @pytest.mark.slow
