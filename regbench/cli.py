@@ -202,7 +202,11 @@ def main() -> None:
         sys.exit(0)
     if os.environ.get(DEBUG_ENV):
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    from regbench.preflight import MULTIRUN_FLAGS, check_command_line
+    from regbench.preflight import MULTIRUN_FLAGS, allow_new_keys, check_command_line
+
+    sys.argv[1:] = allow_new_keys(sys.argv[1:])
+    if os.getcwd() not in sys.path:  # a model or task of the user's own, named by _target_, from this folder
+        sys.path.append(os.getcwd())
 
     if any(a in MULTIRUN_FLAGS for a in sys.argv[1:]) and any(a in PRINTING_FLAGS for a in sys.argv[1:]):
         print("regbench: error: --cfg and --info show one configuration: drop -m and give one value per key "

@@ -79,14 +79,34 @@ def config_groups() -> set[str]:
     return found
 
 
+# Where a user's own code reads the keys: with model=custom every model.* key goes to the factory, with
+# task=custom every data.* key is the task's. They may be new, and need no +.
+OPEN_KEYS = {"model=custom": "model.", "task=custom": "data."}
+
+
+def open_prefixes(args: Sequence[str]) -> tuple[str, ...]:
+    return tuple(prefix for choice, prefix in OPEN_KEYS.items() if choice in args)
+
+
+def allow_new_keys(args: list[str]) -> list[str]:
+    """With model=custom (task=custom), `model.width=32` (`data.n=100`) needs no +: it becomes ++model.width=32,
+    which Hydra takes for a new key (or the same key given twice, the last value winning)."""
+    prefixes = open_prefixes(args)
+    fixed = ("model.name=", "model._target_=", "task.")
+    return [f"++{a}" if prefixes and a.startswith(prefixes) and not a.startswith(fixed) and "=" in a else a
+            for a in args]
+
+
 def _added_keys(overrides: list[str], parsed) -> list[tuple[str, str]]:
-    """(override, key) for each +key=value / ++key=value that sets a config key (not a group)."""
+    """(override, key) for each +key=value / ++key=value that sets a config key (not a group) that a user's
+    own model or task would not read."""
     groups = config_groups()
+    prefixes = open_prefixes(overrides)
     out = []
     for text, override in zip(overrides, parsed):
         key = override.key_or_group
         if override.type.name in ("ADD", "FORCE_ADD") and key.split("@")[0] not in groups \
-                and not key.startswith("hydra"):
+                and not key.startswith("hydra") and not (prefixes and key.startswith(prefixes)):
             out.append((text, key))
     return out
 

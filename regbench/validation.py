@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from regbench import checks
 from regbench.errors import ConfigError
-from regbench.models import model_validator
+from regbench.models import is_custom, model_factory, model_target, model_validator
 from regbench.optim import OPTIMIZERS, SCHEDULES
 from regbench.regimen import Regimen
 from regbench.tasks import task_class
@@ -44,9 +44,11 @@ def validate(cfg: DictConfig, machine: bool = True) -> Regimen:
             checks.number(cfg, f"data.{key}", low=1, integer=True, allow_none=True)
 
     task = task_class(cfg)
-    if cfg.model.name not in task.models:
-        raise ConfigError(f"model={cfg.model.name} does not fit task={cfg.task.name}: "
-                          f"use model={' or model='.join(task.models)}")
+    model_target(cfg)  # set, before anything reads model.name (model=custom names a model by its factory)
+    if cfg.model.name not in task.models and not (task.accepts_custom_models and is_custom(cfg)):
+        fits = [f"model={m}" for m in task.models] + (["model=custom"] if task.accepts_custom_models else [])
+        raise ConfigError(f"model={cfg.model.name} does not fit task={cfg.task.name}: use {' or '.join(fits)}")
+    model_factory(cfg)  # importable, before anything reads the model's keys
     task.validate_config(cfg)
     check_model = model_validator(cfg)
     if check_model is not None:

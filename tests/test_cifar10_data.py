@@ -12,7 +12,7 @@ from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, make_image_folde
 from regbench.data import cifar10
 from regbench.errors import DataError
 from regbench.tasks import image_augment
-from regbench.tasks.cifar10 import balanced_order
+from regbench.tasks.images import balanced_order
 
 
 def test_image_folder_labels_follow_alphabetical_class_order(tiny_data_dir, tmp_path):

@@ -31,8 +31,12 @@ def test_groups_have_the_options_the_study_needs():
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_option_composes_and_validates(compose_cfg, group, option):
-    extra = ["data.dir=/any/corpus"] if (group, option) == ("task", "conll") else []
+def test_every_option_composes_and_validates(compose_cfg, group, option, monkeypatch):
+    monkeypatch.syspath_prepend(str(CONF.parent / "examples"))  # model=custom and task=custom name these
+    extra = {("task", "conll"): ["data.dir=/any/corpus"], ("task", "imagefolder"): ["data.dir=/any/images"],
+             ("task", "custom"): ["task._target_=my_task.SineRegression", "model=custom",
+                                   "model._target_=my_task.build_mlp"],
+             ("model", "custom"): ["model._target_=my_model.build"]}.get((group, option), [])
     if group == "model" and option in TASK_OF_MODEL:
         extra.append(TASK_OF_MODEL[option])
     cfg = compose_cfg(f"{group}={option}", *extra)

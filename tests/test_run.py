@@ -30,7 +30,7 @@ def test_one_epoch_run_writes_every_file_of_the_record(small_run, tmp_path):
     assert on_disk["latency_s_per_batch"] > 0 and on_disk["latency_batch_size"] == 32
     assert 3 <= on_disk["latency_repeats"] <= 10 and "multiply-add = 2" in on_disk["flops_counting"]
     assert on_disk["data"] == {"source": on_disk["data"]["source"], "n_train": 60, "n_val": 20, "n_test": 30,
-                               "n_train_eval": 20}
+                               "n_train_eval": 20, "classes": 10, "image_size": 32, "channels": 3}
 
     history = pd.read_csv(run_dir / "history.csv")
     assert list(history["epoch"]) == [1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from importlib.resources import files
 from typing import Any
 
 from hydra.utils import get_method
@@ -20,13 +21,33 @@ from regbench.regimen import Regimen
 NOT_PASSED = ("name", "_target_")  # model.* keys that name the model rather than configure it
 
 
-def model_factory(cfg: DictConfig) -> Callable[..., nn.Module]:
+def builtin_models() -> set[str]:
+    """The model options regbench ships (conf/model/*.yaml), `custom` aside."""
+    return {f.name.removesuffix(".yaml") for f in files("regbench.conf").joinpath("model").iterdir()
+            if f.name.endswith(".yaml")} - {"custom"}
+
+
+def is_custom(cfg: DictConfig) -> bool:
+    """A model of the user's own (model=custom, or any factory that is not one of regbench's)."""
+    return cfg.model.get("name") not in builtin_models()
+
+
+def model_target(cfg: DictConfig) -> str:
+    """model._target_, refused in one line when model=custom left it unset."""
+    if OmegaConf.is_missing(cfg.model, "_target_"):
+        raise ConfigError("model=custom needs model._target_=PACKAGE.MODULE.CALLABLE: the function or class that "
+                          "builds your model (README, Your own model and data)")
     target = cfg.model.get("_target_")
     if not target:
         raise ConfigError("model._target_ is not set: name the callable that builds the model, e.g. "
                           "model._target_=my_pkg.my_module.build")
+    return str(target)
+
+
+def model_factory(cfg: DictConfig) -> Callable[..., nn.Module]:
+    target = model_target(cfg)
     try:
-        return get_method(str(target))
+        return get_method(target)
     except Exception as err:  # noqa: BLE001 - Hydra wraps import errors of every kind
         raise ConfigError(f"model._target_={target}: cannot be imported ({str(err).splitlines()[0]})") from None
 
@@ -46,5 +67,28 @@ def model_keys(cfg: DictConfig, exclude: tuple[str, ...] = ()) -> dict[str, Any]
 
 def build_model(cfg: DictConfig, regimen: Regimen, exclude: tuple[str, ...] = (), **inputs: Any) -> nn.Module:
     """Call the factory with regimen=, the task's `inputs` and the model keys (less `exclude`, which the
-    task reads itself)."""
-    return model_factory(cfg)(regimen=regimen, **inputs, **model_keys(cfg, exclude))
+    task reads itself). A user's factory that fails, or returns something other than a module, is one
+    line naming model._target_ (a built-in one failing is a bug, and keeps its traceback)."""
+    factory = model_factory(cfg)
+    keys = model_keys(cfg, exclude)
+    if not is_custom(cfg):
+        return factory(regimen=regimen, **inputs, **keys)
+    target = cfg.model._target_
+    try:
+        model = factory(regimen=regimen, **inputs, **keys)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's code: one line that says whose call failed
+        passed = ", ".join(["regimen", *inputs, *keys])
+        raise ConfigError(f"model._target_={target} failed: {type(err).__name__}: {err} (regbench called it with "
+                          f"{passed})") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model._target_={target} returned a {type(model).__name__}, not a torch.nn.Module")
+    # Lazy modules have no shape until a forward pass, but parameter counts, the optimizer's groups and
+    # the channels-last layout all need it first: ask for the sizes regbench already passes.
+    lazy = next((name for name, p in model.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)),
+                None)
+    if lazy is not None:
+        raise ConfigError(f"model._target_={target} returned a model with an uninitialised (lazy) parameter {lazy}: "
+                          f"build layers with explicit sizes from {', '.join(inputs)} instead of nn.Lazy* modules")
+    return model

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from regbench import checks
+from regbench.errors import ConfigError
 from regbench.models.common import check_activation_and_init, init_weights, make_activation
 from regbench.regimen import NO_PLACEMENT, Placement, Regimen
 
@@ -63,8 +64,16 @@ class CNN13(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-def build(*, regimen: Regimen, num_classes: int, in_channels: int, width: float = 1.0,
+MIN_IMAGE_SIZE = 12  # two 2x2 poolings, then a 3x3 conv without padding: it needs 3 x 3 pixels left
+
+
+def build(*, regimen: Regimen, num_classes: int, in_channels: int, image_size: int | None = None, width: float = 1.0,
           activation: str = "leaky_relu", negative_slope: float = 0.1, init: str = "default") -> CNN13:
+    """CNN-13 for images of image_size x image_size pixels (any size >= 12: it pools globally at the end)."""
+    if image_size is not None and image_size < MIN_IMAGE_SIZE:
+        raise ConfigError(f"model=cnn13 needs images of at least {MIN_IMAGE_SIZE} x {MIN_IMAGE_SIZE} pixels (its "
+                          f"seventh conv is 3x3 without padding after two 2x2 poolings); these are {image_size} x "
+                          f"{image_size}: resize them with data.image_size or use model=resnet18")
     placement = regimen.place(N_LAYERS, default_norm=DEFAULT_NORM_LAYERS, default_dropout=DEFAULT_DROPOUT_LAYERS)
     model = CNN13(num_classes, in_channels, width, placement, activation, negative_slope)
     init_weights(model, init, activation, negative_slope)

@@ -38,6 +38,8 @@ class Task(ABC):
     # model.* keys the task reads itself (the tagger's vocabulary settings, a recommender's loss); every
     # other model.* key goes to the model's factory.
     task_model_keys: ClassVar[tuple[str, ...]] = ()
+    # A model of the user's own (model=custom) fits: the task's model_inputs() are all a factory needs.
+    accepts_custom_models: ClassVar[bool] = False
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         self.cfg = cfg
