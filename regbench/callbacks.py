@@ -1,8 +1,11 @@
-"""Hydra callbacks: keep a sweep's results.csv current; when the sweep ends, show it and write the
-grouped summary (summary.csv/.md/.tex, as `regbench compare SWEEP_DIR` would) into the sweep directory."""
+"""Hydra callbacks: keep a sweep's results.csv current; when the sweep ends, show it, write the grouped
+summary (summary.csv/.md/.tex, as `regbench compare SWEEP_DIR` would) into the sweep directory, and name
+every run that failed or could not start, with exit status 1, so that a script sees a sweep that went wrong."""
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from regbench.record import METRICS_FILE
 from regbench.results import RESULTS_FILE, update_sweep_results
 
 log = logging.getLogger(__name__)
@@ -29,12 +33,26 @@ class SweepResultsCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         frame = update_sweep_results(sweep_dir)
-        from regbench.compare import compare, runs_table
+        from regbench.compare import runs_table
 
         print(f"\n{runs_table(frame)}\n\n{len(frame)} run{'s' if len(frame) != 1 else ''}; results: "
               f"{sweep_dir / RESULTS_FILE}")
-        if frame.empty:
-            return
+        if not frame.empty:
+            self._write_summary(sweep_dir)
+        failures = failed_runs(sweep_dir)
+        if failures:
+            # Other launchers' workers may print nowhere the user looks: say here what went wrong, in one place.
+            for run_dir, why in failures:
+                print(f"regbench: run {run_dir} failed: {why}", file=sys.stderr)
+            runs = sum(1 for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit())
+            print(f"regbench: error: {len(failures)} of {runs} runs failed (above); fix the cause and run the same "
+                  "command again: finished runs are reused", file=sys.stderr)
+            raise SystemExit(1)
+
+    @staticmethod
+    def _write_summary(sweep_dir: Path) -> None:
+        from regbench.compare import compare
+
         try:  # the grouped summary is a convenience: a problem with it must not fail a finished sweep
             import pandas as pd
 
@@ -45,3 +63,24 @@ class SweepResultsCallback(Callback):
         except Exception as err:  # noqa: BLE001 - logged, and `regbench compare` can redo it
             log.warning("could not write the sweep summary (%s: %s); run `regbench compare %s`",
                         type(err).__name__, err, sweep_dir)
+
+
+def failed_runs(sweep_dir: Path) -> list[tuple[Path, str]]:
+    """(run dir, why) for every job of the sweep whose record says failed, or that wrote no record at all
+    (refused before it started: the reason is the error line in its regbench.log)."""
+    failures = []
+    for run_dir in sorted((d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name)):
+        record_file = run_dir / METRICS_FILE
+        if record_file.is_file():
+            try:
+                record = json.loads(record_file.read_text())
+            except (OSError, ValueError):
+                continue  # being written by a job still running elsewhere: not this sweep's business
+            if record.get("status") == "failed":
+                failures.append((run_dir, record.get("error") or "see its record"))
+            continue
+        log_file = run_dir / "regbench.log"
+        lines = log_file.read_text(errors="replace").splitlines() if log_file.is_file() else []
+        errors = [line.split("regbench: error: ", 1)[1] for line in lines if "regbench: error: " in line]
+        failures.append((run_dir, errors[-1] if errors else "it wrote no record; see its regbench.log"))
+    return failures

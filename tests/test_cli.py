@@ -138,6 +138,29 @@ def test_what_cannot_run_is_one_line_exit_2_and_nothing_is_written(args, message
     assert not (tmp_path / "outputs").exists()
 
 
+def test_a_sweep_with_a_run_that_cannot_start_finishes_the_others_and_exits_1(tiny_data_dir, tmp_path, cli_env):
+    """The other runs go on; the end of the sweep names the run that failed and why, and the exit status
+    tells a script that the sweep went wrong. Run again once fixed: the finished run is reused."""
+    (tmp_path / "net.py").write_text("from torch import nn\n\ndef build(*, regimen, num_classes, in_channels, "
+                                     "image_size, width):\n    return nn.Sequential(nn.Flatten(), nn.Linear("
+                                     "in_channels * image_size ** 2 // width, num_classes))\n")
+    sweep = tmp_path / "sweep"
+    args = ["-m", "model=custom", "model._target_=net.build", *tiny_overrides(tiny_data_dir, tmp_path / "cache"),
+            "model.width=1,0", f"hydra.sweep.dir={sweep}"]
+    result = regbench(args, cli_env, tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-2] == f"regbench: run {sweep / '1'} failed: model._target_=net.build failed: ZeroDivisionError: " \
+        "integer division or modulo by zero (regbench called it with regimen, num_classes, in_channels, " \
+        "image_size, width)"
+    assert lines[-1].startswith("regbench: error: 1 of 2 runs failed (above)")
+    assert "Traceback" not in result.stderr
+    assert list(pd.read_csv(sweep / "results.csv")["status"]) == ["completed"]
+
+    result = regbench(args[:-2] + ["model.width=1", f"hydra.sweep.dir={sweep}"], cli_env, tmp_path)
+    assert result.returncode == 1 and "already completed" in result.stderr  # run 1 is still broken
+
+
 def test_data_that_fails_while_loading_leaves_no_record(tmp_path, cli_env):
     """A damaged archive passes the start-up check (it is there) and fails while the run loads it: the run
     never started, so there is no record for compare to list, and the error is one line."""

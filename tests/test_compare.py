@@ -262,3 +262,17 @@ def test_the_terminal_table_fits_100_columns_and_wide_has_every_column(tmp_path)
     assert max(len(line) for line in comparison.text().splitlines()[:-1]) <= 100
     assert {"std", "min–max", "params", "train s", "rank"} <= set(comparison.wide_table.columns)
     assert {"std", "params"}.isdisjoint(comparison.table.columns)
+
+
+def test_the_end_of_a_sweep_names_runs_that_failed_or_never_started(tmp_path):
+    from regbench.callbacks import failed_runs
+
+    write_run(tmp_path / "0", "none", 0, 0.8)
+    write_run(tmp_path / "1", "bn", 0, None, status="failed")
+    write_run(tmp_path / "2", "bn", 1, None, status="diverged")  # a result, not a failure
+    (tmp_path / "10").mkdir()  # refused before it started: only its log
+    (tmp_path / "10" / "regbench.log").write_text("[x][regbench.data][INFO] - decoding\n"
+                                                  "[x][regbench][ERROR] - regbench: error: model._target_=m.b failed\n")
+    (tmp_path / "11").mkdir()
+    assert failed_runs(tmp_path) == [(tmp_path / "1", "see its record"), (tmp_path / "10", "model._target_=m.b failed"),
+                                     (tmp_path / "11", "it wrote no record; see its regbench.log")]

@@ -1,10 +1,13 @@
 """The launcher presets (hydra/launcher=slurm, parallel) compose into what the plugins expect, torch threads
-are shared out between runs that run at once, and a real parallel grid lands every record."""
+are shared out between runs that run at once, and a real parallel grid lands every record, also with a
+model of the user's own that lives only in the folder the command starts from."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -60,3 +63,25 @@ def test_parallel_preset_runs_a_grid_with_shared_threads(tiny_data_dir, tmp_path
         [("none", 0, "completed"), ("none", 1, "completed"), ("bn", 0, "completed"), ("bn", 1, "completed")]
     assert {r["threads"] for r in records} == {max(1, available_cpus() // 2)}
     assert len(pd.read_csv(sweep / "results.csv")) == 4 and (sweep / "summary.csv").is_file()
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.integration
+def test_parallel_workers_find_a_model_in_the_working_folder(tiny_data_dir, tmp_path, cli_env):
+    """README: `model._target_=my_model.build` works from the folder that holds my_model.py, also when
+    joblib's worker processes build the model; no PYTHONPATH needed."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs pip install 'regbench[parallel]'")
+    shutil.copy(EXAMPLES / "my_model.py", tmp_path / "my_model.py")
+    env = {k: v for k, v in cli_env.items() if k != "PYTHONPATH"}
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=parallel", "model=custom", "model._target_=my_model.build",
+            "regularizer=none,bn", f"hydra.sweep.dir={sweep}", *tiny_overrides(tiny_data_dir, tmp_path / "cache"),
+            "model.width=8"]
+    result = subprocess.run([sys.executable, "-m", "regbench", *args], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(2)]
+    assert [(r["model"], r["regularizer"], r["status"]) for r in records] == \
+        [("my_model.build", "none", "completed"), ("my_model.build", "bn", "completed")]

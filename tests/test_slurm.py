@@ -152,3 +152,18 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes(tiny_data
         {job: ["REQUEUED", "COMPLETED"]}
     log = next((sweep / ".submitit").glob(f"{job}*/*_log.err")).read_text()
     assert "stopped by SIGUSR2" in log and "Requeued job" in log
+
+
+def test_a_slurm_job_finds_a_model_in_the_folder_the_grid_was_started_from(tiny_data_dir, tmp_path, cli_env):
+    """README: a model of the user's own (model._target_=my_model.build) needs no PYTHONPATH under Slurm
+    either: the job starts in the submission folder, which holds my_model.py."""
+    shutil.copy(Path(__file__).resolve().parents[1] / "examples" / "my_model.py", tmp_path / "my_model.py")
+    env = {k: v for k, v in cli_env.items() if k != "PYTHONPATH"}
+    sweep = tmp_path / "sweep"
+    command = ["-m", *SLURM, *tiny_overrides(tiny_data_dir, tmp_path / "cache"), f"hydra.sweep.dir={sweep}",
+               "model=custom", "model._target_=my_model.build", "model.width=8", "regularizer=bn_dropout"]
+    result = subprocess.run([sys.executable, "-m", "regbench", *command], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert (record["model"], record["regularizer"], record["status"]) == ("my_model.build", "bn_dropout", "completed")
