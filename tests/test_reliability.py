@@ -107,7 +107,8 @@ def test_sigterm_stops_a_run_as_interrupted_and_the_same_command_resumes_it(tiny
 
 def test_a_failing_and_a_diverging_job_do_not_end_the_sweep(tiny_data_dir, tmp_path, cli_env):
     """A job that crashes while it trains (a task whose step raises) and one whose loss goes to infinity
-    are recorded as failed and diverged; the other jobs go on and the summary counts them."""
+    are recorded as failed and diverged; the other jobs go on and the summary counts them. The sweep
+    names the failed runs at the end and exits 1; a diverged run is a result, not a failure."""
     (tmp_path / "crashing.py").write_text(
         "from regbench.tasks.cifar10 import Cifar10Task\n\n\n"
         "class CrashingTask(Cifar10Task):\n"
@@ -119,7 +120,10 @@ def test_a_failing_and_a_diverging_job_do_not_end_the_sweep(tiny_data_dir, tmp_p
     env = {**cli_env, "PYTHONPATH": str(tmp_path)}
     result = subprocess.run([sys.executable, "-m", "regbench", *args], capture_output=True, text=True,
                             env=env, cwd=tmp_path, timeout=600)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr
+    named = [line for line in result.stderr.splitlines() if line.startswith("regbench: run ")]
+    assert named == [f"regbench: run {sweep / str(i)} failed: RuntimeError: the step crashed" for i in (2, 3)]
+    assert result.stderr.strip().splitlines()[-1].startswith("regbench: error: 2 of 4 runs failed (above)")
     results = pd.read_csv(sweep / "results.csv")
     assert sorted(results["status"]) == ["completed", "diverged", "failed", "failed"]
     failed = results[results["status"] == "failed"]
