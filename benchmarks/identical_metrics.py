@@ -10,6 +10,7 @@ per setup: IDENTICAL or DIFFERENT, with the test metric and validation loss of e
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 from hydra import compose, initialize_config_module
+from omegaconf import DictConfig, open_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from revision_ab import export_revision  # noqa: E402
@@ -44,6 +46,18 @@ TIMES = {"train_time_s", "eval_time_s"}
 COMPARED = ("train", "val", "test", "best_epoch", "epochs_run", "params", "flops_per_example", "gradients", "status")
 
 
+def for_package(cfg: DictConfig, package: str) -> DictConfig:
+    """The config with regbench's own `_target_`s (task, model) pointing into `package`, the exported copy:
+    the old package accepts only Task subclasses of its own."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        for section in ("task", "model"):
+            target = cfg[section].get("_target_")
+            if isinstance(target, str) and target.startswith("regbench."):
+                cfg[section]._target_ = package + target[len("regbench"):]
+    return cfg
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rev", required=True)
@@ -61,7 +75,7 @@ def main() -> None:
         out = {}
         for label, package in (("old", old), ("new", "regbench")):
             run_dir = tmp / name.replace(" ", "_") / label
-            record = import_module(f"{package}.runner").run(cfg, run_dir)
+            record = import_module(f"{package}.runner").run(for_package(cfg, package), run_dir)
             history = pd.read_csv(run_dir / "history.csv") if (run_dir / "history.csv").exists() else pd.DataFrame()
             out[label] = (record, history.drop(columns=[c for c in history.columns if c in TIMES]))
         (a, ha), (b, hb) = out["old"], out["new"]

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from regbench.errors import RegbenchError
 from regbench.fileio import write_atomic, write_json_atomic, write_text_atomic
 from regbench.loop import EarlyStopping, FitState, Training
-from regbench.record import COSMETIC_KEYS, HISTORY_FILE, METRICS_FILE, Status, read_metrics
+from regbench.record import ADDED_KEYS, COSMETIC_KEYS, HISTORY_FILE, METRICS_FILE, Status, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,21 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
             node = node.get(part, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(leaf, None)
+    for key, off in ADDED_KEYS.items():
+        _drop_at(container, key.split("."), off)
     return container
+
+
+def _drop_at(node: Any, path: list[str], off: Any) -> None:
+    """Remove the key at `path` when it holds `off` (a bool only equals a bool), and any dict it leaves empty."""
+    if not isinstance(node, dict) or path[0] not in node:
+        return
+    if len(path) > 1:
+        _drop_at(node[path[0]], path[1:], off)
+        if node[path[0]] == {}:
+            del node[path[0]]
+    elif node[path[0]] == off and isinstance(node[path[0]], bool) == isinstance(off, bool):
+        del node[path[0]]
 
 
 def run_id(cfg: DictConfig, world_size: int = 1) -> str:
@@ -185,7 +199,8 @@ def save_last(run_dir: Path, cfg: DictConfig, rid: str, t: Training, state: FitS
                   "scheduler": t.scheduler.state_dict(), "scaler": None,  # bf16 autocast needs no loss scaler
                   "best_value": state.early.best, "best_state": state.best_state,
                   "bad_epochs": state.early.bad_epochs, "rng": rng_state(t.generator), "history": state.history,
-                  "record": record, "config": OmegaConf.to_container(cfg, resolve=True)}
+                  "record": record, "config": OmegaConf.to_container(cfg, resolve=True),
+                  "ema": t.ema.state_dict() if t.ema is not None else None}
     write_atomic(Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT, lambda fh: torch.save(checkpoint, fh))
 
 
@@ -213,6 +228,8 @@ def resume(path: Path, rid: str, t: Training, early: EarlyStopping) -> FitState:
     t.model.load_state_dict(saved["model"])
     t.optimizer.load_state_dict(saved["optimizer"])
     t.scheduler.load_state_dict(saved["scheduler"])
+    if t.ema is not None:
+        t.ema.load_state_dict(saved["ema"])
     restore_rng(saved["rng"], t.generator)
     early.best, early.bad_epochs = saved["best_value"], saved["bad_epochs"]
     record = saved["record"]

@@ -27,7 +27,7 @@ from scipy import stats
 
 from regbench.errors import RegbenchError
 from regbench.fileio import write_csv_atomic, write_text_atomic
-from regbench.record import COSMETIC_KEYS, METRICS_FILE, STATUSES, flatten
+from regbench.record import ADDED_KEYS, COSMETIC_KEYS, METRICS_FILE, STATUSES, flatten
 from regbench.results import RESULTS_FILE, run_row, sweep_rows
 
 CONFIG = "config."  # the record's resolved identity, flattened into results.csv columns
@@ -111,7 +111,7 @@ def _with_configs(runs: pd.DataFrame) -> pd.DataFrame:
     columns = _identity_columns(runs)
     missing = runs[columns].isna().all(axis=1) if columns else pd.Series(True, index=runs.index)
     if "run_path" not in runs or not missing.any():
-        return runs
+        return _with_added_keys(runs)
     rows = {}
     for index in runs.index[missing]:
         path = runs.at[index, "run_path"]
@@ -120,9 +120,24 @@ def _with_configs(runs: pd.DataFrame) -> pd.DataFrame:
             loaded = OmegaConf.to_container(OmegaConf.load(config), resolve=False) or {}
             rows[index] = flatten({k: v for k, v in loaded.items() if k != "hydra"}, CONFIG)
     if not rows:
-        return runs
+        return _with_added_keys(runs)
     extra = pd.DataFrame.from_dict(rows, orient="index")
-    return runs.combine_first(extra)[list(runs.columns) + [c for c in extra.columns if c not in runs.columns]]
+    runs = runs.combine_first(extra)[list(runs.columns) + [c for c in extra.columns if c not in runs.columns]]
+    return _with_added_keys(runs)
+
+
+def _with_added_keys(runs: pd.DataFrame) -> pd.DataFrame:
+    """A run recorded without a key added since (or at its off value, which its identity leaves out) has
+    that key at its off value: `regularizer.label_smoothing` reads 0, not `-`, beside runs that set it."""
+    columns = _identity_columns(runs)
+    if not columns:
+        return runs
+    described = runs[columns].notna().any(axis=1)  # runs whose identity is known at all
+    for key, off in ADDED_KEYS.items():
+        column = CONFIG + key
+        if column in runs:
+            runs[column] = runs[column].where(runs[column].notna() | ~described, off)
+    return runs
 
 
 def _identity_columns(runs: pd.DataFrame) -> list[str]:

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from regbench import distributed
+from regbench.ema import WeightAverage
 from regbench.errors import ConfigError
 from regbench.gradients import GradientMonitor, Thresholds
 from regbench.optim import DecoupledWeightDecay, build_optimizer, build_scheduler
@@ -94,6 +95,12 @@ class Training:
     show_progress: bool = False
     compiling: bool = False              # the next step compiles (trainer.compile): timed apart
     compile_time_s: float | None = None
+    ema: WeightAverage | None = None     # regularizer.ema.decay > 0: what validation and test use
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validation, test and the best checkpoint use: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 def prepare(cfg: DictConfig, task: Task, model: nn.Module, regimen: Regimen, generator: torch.Generator, *,
@@ -122,7 +129,7 @@ def prepare(cfg: DictConfig, task: Task, model: nn.Module, regimen: Regimen, gen
                     max_epochs=int(tcfg.max_epochs), gradients=monitor,
                     step=distributed.wrap(task, model, device) if ranks.active else step, ranks=ranks,
                     show_progress=bool(tcfg.progress) and sys.stderr.isatty() and ranks.is_main,
-                    compiling=compiling)
+                    compiling=compiling, ema=WeightAverage(model, regimen.ema_decay) if regimen.ema_decay > 0 else None)
 
 
 @dataclass
@@ -176,6 +183,8 @@ def train_epoch(t: Training, epoch: int, should_stop: Callable[[], bool] = lambd
         if t.decoupled_wd is not None:
             t.decoupled_wd.apply()
         optimizer.step()
+        if t.ema is not None:
+            t.ema.update()
         t.scheduler.step()
         if compile_started is not None:  # torch.compile compiled forward and backward in this step
             if t.device.type == "cuda":
@@ -281,7 +290,7 @@ def fit(t: Training, state: FitState, hooks: FitHooks | None = None) -> FitState
 
         t1 = time.perf_counter()
         model.eval()
-        val = evaluate(task, model, "val") if t.ranks.is_main else None
+        val = evaluate(task, t.eval_model, "val") if t.ranks.is_main else None
         val = distributed.broadcast(val, t.ranks)  # every rank takes the same best/stop decisions
         eval_time = time.perf_counter() - t1
         state.eval_time_s = round(state.eval_time_s + eval_time, 3)
@@ -293,7 +302,7 @@ def fit(t: Training, state: FitState, hooks: FitHooks | None = None) -> FitState
                  result.metrics["loss"], val["loss"], metric, val[metric], result.seconds)
 
         if state.early.update(val[metric]):
-            state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in t.eval_model.state_dict().items()}
             state.best_epoch, state.val = epoch, val
             hooks.on_best(state)
         state.stopped = state.early.should_stop

@@ -36,6 +36,8 @@ class DecoupledWeightDecay:
     @torch.no_grad()
     def apply(self) -> None:
         for group in self.optimizer.param_groups:
+            if not group.get("decay", True):  # optimizer.decay_norm_and_bias=false: norms and biases
+                continue
             params = [p for p in group["params"] if p.grad is not None]
             if params:
                 torch._foreach_mul_(params, 1.0 - group["lr"] * self.weight_decay)
@@ -52,18 +54,35 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, regimen: Regimen
     wd = regimen.weight_decay
     name = ocfg.name
     decoupled_hook = None
+    groups = parameter_groups(model, regimen.decay_norm_and_bias)
     if name == "adamw":
         if not regimen.decoupled_weight_decay:
             # AdamW without decoupling is Adam: keep the name honest by using Adam's coupled L2.
-            optimizer = torch.optim.Adam(model.parameters(), lr=ocfg.lr, weight_decay=wd, **params)
+            optimizer = torch.optim.Adam(groups, lr=ocfg.lr, weight_decay=wd, **params)
         else:
-            optimizer = torch.optim.AdamW(model.parameters(), lr=ocfg.lr, weight_decay=wd, **params)
+            optimizer = torch.optim.AdamW(groups, lr=ocfg.lr, weight_decay=wd, **params)
     elif regimen.decoupled_weight_decay and wd > 0:
-        optimizer = OPTIMIZERS[name](model.parameters(), lr=ocfg.lr, weight_decay=0.0, **params)
+        optimizer = OPTIMIZERS[name](groups, lr=ocfg.lr, weight_decay=0.0, **params)
         decoupled_hook = DecoupledWeightDecay(optimizer, wd)
     else:
-        optimizer = OPTIMIZERS[name](model.parameters(), lr=ocfg.lr, weight_decay=wd, **params)
+        optimizer = OPTIMIZERS[name](groups, lr=ocfg.lr, weight_decay=wd, **params)
+    if not regimen.decay_norm_and_bias:
+        for group in optimizer.param_groups:
+            if not group["decay"]:
+                group["weight_decay"] = 0.0  # coupled decay off here; the decoupled hook skips the group
     return optimizer, decoupled_hook
+
+
+def parameter_groups(model: nn.Module, decay_norm_and_bias: bool):
+    """All parameters in one group (decay on everything, the default), or two: parameters with more than
+    one dimension (weight matrices, kernels, embeddings) decayed, and those with one (biases, norm
+    scales and shifts) not, the split timm and most training recipes use."""
+    if decay_norm_and_bias:
+        return model.parameters()
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim > 1], "decay": True},
+              {"params": [p for p in params if p.ndim <= 1], "decay": False}]
+    return [g for g in groups if g["params"]]
 
 
 def lr_factor(cfg: DictConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:

@@ -24,6 +24,14 @@ HISTORY_FILE = "history.csv"
 # shown, how often state is saved. A run's id leaves them out and compare never groups by them.
 COSMETIC_KEYS = ("paths.output_dir", "paths.cache_dir", "trainer.progress", "trainer.threads",
                  "trainer.save_checkpoint", "trainer.resume", "trainer.checkpoint_every")
+# Keys added after runs were first recorded, at the value that keeps the earlier behaviour. A run with
+# such a key at that value is the run it always was: checkpoints.identity leaves the key out (the run
+# id stays what it was) and compare reads a record without the key as having that value.
+ADDED_KEYS: dict[str, Any] = {
+    "regularizer.norm.groups": 8, "regularizer.label_smoothing": 0.0, "regularizer.mixup.alpha": 0.0,
+    "regularizer.cutmix.alpha": 0.0, "regularizer.ema.decay": 0.0, "regularizer.stochastic_depth": 0.0,
+    "optimizer.decay_norm_and_bias": True,
+}
 FLOPS_COUNTING = "FLOPs of one forward pass, one multiply-add = 2 FLOPs (MACs = FLOPs / 2)"
 
 

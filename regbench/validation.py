@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from regbench import checks
 from regbench.errors import ConfigError
-from regbench.models import is_custom, model_factory, model_target, model_validator
+from regbench.models import RESIDUAL_MODELS, is_custom, model_factory, model_target, model_validator
 from regbench.optim import OPTIMIZERS, SCHEDULES
 from regbench.regimen import Regimen
 from regbench.tasks import task_class
@@ -49,6 +49,7 @@ def validate(cfg: DictConfig, machine: bool = True) -> Regimen:
         fits = [f"model={m}" for m in task.models] + (["model=custom"] if task.accepts_custom_models else [])
         raise ConfigError(f"model={cfg.model.name} does not fit task={cfg.task.name}: use {' or '.join(fits)}")
     model_factory(cfg)  # importable, before anything reads the model's keys
+    _check_task_regularizers(cfg, task, regimen)
     task.validate_config(cfg)
     check_model = model_validator(cfg)
     if check_model is not None:
@@ -57,6 +58,27 @@ def validate(cfg: DictConfig, machine: bool = True) -> Regimen:
         _check_device(cfg)
         task.check_data(cfg)
     return regimen
+
+
+# Why a task-level part of the regimen does not apply to a task that does not list it in Task.regularizers.
+TASK_REGULARIZERS = {
+    "label_smoothing": ("regularizer.label_smoothing", "label_smoothing",
+                        "it smooths class targets; it applies to the image tasks and the tagger without its CRF"),
+    "mixup": ("regularizer.mixup.alpha", "mixup_alpha", "it mixes images; it applies to image classification only"),
+    "cutmix": ("regularizer.cutmix.alpha", "cutmix_alpha", "it pastes image boxes; it applies to image "
+               "classification only"),
+}
+
+
+def _check_task_regularizers(cfg: DictConfig, task, regimen: Regimen) -> None:
+    for part, (key, attribute, why) in TASK_REGULARIZERS.items():
+        value = getattr(regimen, attribute)
+        if value > 0 and part not in task.regularizers:
+            raise ConfigError(f"{key}={value:g} does not apply to task={cfg.task.name}: {why}. Set {key}=0")
+    if regimen.stochastic_depth > 0 and not is_custom(cfg) and cfg.model.name not in RESIDUAL_MODELS:
+        raise ConfigError(f"regularizer.stochastic_depth={regimen.stochastic_depth:g} drops residual blocks, and "
+                          f"model={cfg.model.name} has none: use model=resnet18, a model of your own with residual "
+                          "blocks, or regularizer.stochastic_depth=0")
 
 
 def _check_device(cfg: DictConfig) -> None:

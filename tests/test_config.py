@@ -21,7 +21,8 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_have_the_options_the_study_needs():
-    assert options("regularizer") == sorted(["none", "bn", "dropout", "bn_dropout", "bn_dropout_gc"])
+    assert set(options("regularizer")) == {"none", "bn", "dropout", "bn_dropout", "bn_dropout_gc",  # the study's
+                                           "label_smoothing", "mixup", "ema"}                      # bn_dropout + one
     assert set(options("optimizer")) >= {"sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"}
     assert set(options("schedule")) >= {"constant", "step", "cosine"}
     assert set(options("augment")) >= {"standard", "none"}
@@ -107,10 +108,10 @@ def test_data_dir_defaults_to_env(compose_cfg, monkeypatch):
     ("model.activation=swish", "model.activation", "relu, leaky_relu, tanh, gelu"),
     ("model.init=magic", "model.init", "default, kaiming, xavier, orthogonal"),
     ("model.width=0", "model.width", "in (0"),
-    ("regularizer.norm.type=group", "regularizer.norm.type", "none, batch"),
+    ("regularizer.norm.type=instance", "regularizer.norm.type", "none, batch, group, layer"),
     ("regularizer.norm.layers=first:x", "regularizer.norm.layers", "first:K"),
     ("regularizer.dropout.layers=[12]", "regularizer.dropout.layers", "1..9"),
-    ("regularizer.grad_clip.mode=both", "regularizer.grad_clip.mode", "none, norm, value"),
+    ("regularizer.grad_clip.mode=both", "regularizer.grad_clip.mode", "none, norm, value, agc"),
     ("regularizer.grad_clip.max=0", "regularizer.grad_clip.max", "> 0"),
     ("trainer.max_epochs=0", "trainer.max_epochs", ">= 1"),
     ("trainer.batch_size=1.5", "trainer.batch_size", "integer"),

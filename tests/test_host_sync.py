@@ -147,10 +147,11 @@ def test_the_detector_sees_what_makes_a_gpu_wait():
         "host-to-device copy tensor(..., device=)", "data-dependent shape nonzero()"]
 
 
-@pytest.mark.parametrize("regularizer", ["bn_dropout", "bn_dropout_gc"])
+@pytest.mark.parametrize("regularizer", ["bn_dropout", "bn_dropout_gc", "mixup", "ema",
+                                         "label_smoothing regularizer.grad_clip.mode=agc"])
 def test_cifar10_steps_never_wait_for_the_host(compose_cfg, tiny_data_dir, tmp_path, regularizer):
-    cfg = compose_cfg(*tiny_overrides(tiny_data_dir, tmp_path / "cache", f"regularizer={regularizer}",
-                                      "augment=full", "trainer.batch_size=8"))
+    cfg = compose_cfg(*tiny_overrides(tiny_data_dir, tmp_path / "cache", f"regularizer={regularizer}".split()[0],
+                                      *regularizer.split()[1:], "augment=full", "trainer.batch_size=8"))
     assert_no_per_step_sync(cfg, tmp_path, 2)
 
 

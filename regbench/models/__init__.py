@@ -19,6 +19,7 @@ from regbench.errors import ConfigError
 from regbench.regimen import Regimen
 
 NOT_PASSED = ("name", "_target_")  # model.* keys that name the model rather than configure it
+RESIDUAL_MODELS = ("resnet18",)     # the built-in models with residual blocks (regularizer.stochastic_depth)
 
 
 def builtin_models() -> set[str]:

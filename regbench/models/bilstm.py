@@ -54,6 +54,19 @@ class MaskedBatchNorm(nn.BatchNorm1d):
         return x.new_zeros(b * t, f).index_copy(0, tokens, rows.to(x.dtype)).view(b, t, f)
 
 
+class TokenNorm(nn.Module):
+    """A normalisation of each token's features on its own (GroupNorm, LayerNorm) on (B, T, F) input: no
+    statistics cross tokens, so padding needs no mask (its rows are ignored downstream)."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: Tensor, mask: Tensor, tokens: Tensor | None = None) -> Tensor:
+        b, t, f = x.shape
+        return self.norm(x.reshape(b * t, f)).view(b, t, f)
+
+
 class CharCNN(nn.Module):
     def __init__(self, num_chars: int, char_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -106,7 +119,8 @@ class BiLSTMTagger(nn.Module):
         sizes = [features] + [2 * hidden] * num_layers
         for layer, size in enumerate(sizes, start=1):
             if placement.has_norm(layer):  # padding must not enter the statistics: the masked BatchNorm
-                self.norms[str(layer)] = placement.norm(layer, size, dims=1, batch_norm=MaskedBatchNorm)
+                norm = placement.norm(layer, size, dims=1, batch_norm=MaskedBatchNorm)
+                self.norms[str(layer)] = norm if isinstance(norm, MaskedBatchNorm) else TokenNorm(norm)
             if placement.has_dropout(layer):
                 self.dropouts[str(layer)] = placement.dropout(layer)
             if layer <= num_layers:
@@ -151,11 +165,15 @@ class BiLSTMTagger(nn.Module):
             h = self._regularize(i, h, mask, tokens)
         return self.output(h)
 
-    def loss(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
-        """Mean loss per real token: CRF negative log-likelihood, or cross-entropy without a CRF."""
+    def loss(self, emissions: Tensor, tags: Tensor, mask: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        """Mean loss per real token: CRF negative log-likelihood, or cross-entropy without a CRF (with
+        `label_smoothing`, training only: a CRF scores whole tag sequences and has no per-token targets)."""
         n_tokens = mask.sum().clamp(min=1)
         if self.crf is not None:
             return self.crf.nll(emissions, tags, mask).sum() / n_tokens
+        if label_smoothing:
+            return nn.functional.cross_entropy(emissions.float()[mask], tags[mask], reduction="sum",
+                                               label_smoothing=label_smoothing) / n_tokens
         return nn.functional.cross_entropy(emissions.float()[mask], tags[mask], reduction="sum") / n_tokens
 
     def decode(self, emissions: Tensor, mask: Tensor) -> Tensor:
@@ -212,3 +230,7 @@ def validate_config(cfg: DictConfig, regimen: Regimen) -> None:
     checks.number(cfg, "model.singleton_unk", low=0, high=1)
     n_layers = layer_count(cfg.model.num_layers)
     regimen.check_layers(n_layers, f"bilstm: 1 = input features, 2..{n_layers} = BiLSTM layers")
+    if regimen.label_smoothing and cfg.model.crf:
+        raise ConfigError(f"regularizer.label_smoothing={regimen.label_smoothing:g} needs the tagger's softmax output: "
+                          "the CRF scores whole tag sequences and has no per-token targets to smooth; add "
+                          "model.crf=false, or set regularizer.label_smoothing=0")

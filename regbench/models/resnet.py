@@ -6,7 +6,9 @@ parameters for 10 classes with BatchNorm after every conv.
 Layers for the regimen's placement: 1 = the stem conv, 2..17 = the two convs of each block in order.
 BN goes right after a selected conv (a block's 1x1 projection shortcut takes the BN of the block's
 second conv); a conv without BN keeps a bias. Dropout goes after a selected conv's activation; its
-default is layer 17 only, which puts it after the pooling, right before the classifier.
+default is layer 17 only, which puts it after the pooling, right before the classifier. Stochastic depth
+(regularizer.stochastic_depth) drops the residual branch of blocks 1..8, at a rate rising linearly to
+the one given for block 8.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ class BasicBlock(nn.Module):
     shortcut where the shape changes."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, first: int, placement: Placement,
-                 last: bool) -> None:
+                 last: bool, drop_path: nn.Module | None = None) -> None:
         super().__init__()
         second = first + 1
         self.conv1 = _conv(in_channels, out_channels, stride, placement, first)
@@ -49,10 +51,11 @@ class BasicBlock(nn.Module):
                 nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=not placement.has_norm(second)),
                 placement.norm(second, out_channels))
         self.relu = nn.ReLU(inplace=True)
+        self.drop_path = drop_path or nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.drop1(self.relu(self.bn1(self.conv1(x))))
-        h = self.bn2(self.conv2(h))
+        h = self.drop_path(self.bn2(self.conv2(h)))
         return self.drop2(self.relu(h + self.shortcut(x)))
 
 
@@ -63,10 +66,13 @@ class ResNet18(nn.Module):
         self.stem = nn.Sequential(_conv(in_channels, 64, 1, placement, 1), placement.norm(1, 64),
                                   nn.ReLU(inplace=True), placement.dropout(1))
         blocks, channels, layer = [], 64, 2
+        n_blocks = BLOCKS_PER_STAGE * len(STAGES)
         for stage, (out_channels, stride) in enumerate(STAGES):
             for b in range(BLOCKS_PER_STAGE):
                 last = layer + 1 == N_LAYERS
-                blocks.append(BasicBlock(channels, out_channels, stride if b == 0 else 1, layer, placement, last))
+                drop_path = placement.drop_path(len(blocks) + 1, n_blocks)
+                blocks.append(BasicBlock(channels, out_channels, stride if b == 0 else 1, layer, placement, last,
+                                         drop_path))
                 channels, layer = out_channels, layer + 2
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,10 +41,18 @@ class Task(ABC):
     task_model_keys: ClassVar[tuple[str, ...]] = ()
     # A model of the user's own (model=custom) fits: the task's model_inputs() are all a factory needs.
     accepts_custom_models: ClassVar[bool] = False
+    # The regimen's task-level parts this task applies (of "label_smoothing", "mixup", "cutmix"); the
+    # others are refused for it before anything starts. EMA, clipping, norms and weight decay fit any task.
+    regularizers: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.device = device
+
+    @cached_property
+    def regimen(self) -> Regimen:
+        """The run's regimen, for the parts a task applies itself (label smoothing, mixup/CutMix)."""
+        return Regimen.from_config(self.cfg)
 
     @classmethod
     @abstractmethod

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from regbench import checks
+from regbench import checks, mixing
 from regbench.errors import ConfigError
 from regbench.regimen import Regimen
 from regbench.tasks import image_augment
@@ -57,6 +57,7 @@ class ImageClassificationTask(Task):
     primary_metric = "accuracy"
     models: ClassVar[tuple[str, ...]] = ("cnn13", "resnet18")
     accepts_custom_models = True   # any factory that takes num_classes, in_channels and image_size
+    regularizers = frozenset({"label_smoothing", "mixup", "cutmix"})
     fixed_input_shapes = True      # every batch is (batch_size, C, H, W): the last partial batch is dropped
 
     @classmethod
@@ -158,14 +159,27 @@ class ImageClassificationTask(Task):
                 x = image_augment.cutout(self._normalise(x), aug.cutout, generator)
             else:
                 x = self._normalise(x)
-            yield x, labels[idx]
+            if self.regimen.mixes:  # the batch carries each row's weight of its own label
+                x, lam = mixing.mix(x, self.regimen.mixup_alpha, self.regimen.cutmix_alpha, generator)
+                yield x, labels[idx], lam.expand(len(idx))
+            else:
+                yield x, labels[idx]
 
-    def training_step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        x, y = batch
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        return loss, {"loss_sum": loss.detach() * len(y), "correct": (logits.argmax(1) == y).sum(),
-                      "count": torch.full((), len(y), device=y.device)}
+    def training_step(self, model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, Tensor]]:
+        x, y = batch[:2]
+        logits = model(x).float()
+        smoothing = self.regimen.label_smoothing
+        count = torch.full((), len(y), device=y.device)
+        if len(batch) == 3:  # mixup/CutMix: each row's label weighs lam, its partner's (the batch reversed) 1 - lam
+            lam, partner = batch[2], y.flip(0)
+            loss = (lam * F.cross_entropy(logits, y, reduction="none", label_smoothing=smoothing)
+                    + (1 - lam) * F.cross_entropy(logits, partner, reduction="none", label_smoothing=smoothing)).mean()
+            predicted = logits.argmax(1)
+            correct = (lam * (predicted == y) + (1 - lam) * (predicted == partner)).sum()
+        else:
+            loss = F.cross_entropy(logits, y, label_smoothing=smoothing) if smoothing else F.cross_entropy(logits, y)
+            correct = (logits.argmax(1) == y).sum()
+        return loss, {"loss_sum": loss.detach() * len(y), "correct": correct, "count": count}
 
     def loss_names(self) -> dict[str, str]:
         return {"train": "cross-entropy", "val": "cross-entropy"}

@@ -174,6 +174,7 @@ class TaggingTask(Task):
     models: ClassVar[tuple[str, ...]] = ("bilstm",)
     host_keys: ClassVar[tuple[str, ...]] = ("lengths", "char_lengths")
     task_model_keys: ClassVar[tuple[str, ...]] = ("lowercase", "singleton_unk", "word_vectors")
+    regularizers = frozenset({"label_smoothing"})  # with model.crf=false (the model says why not with a CRF)
     primary_metric = "f1"
 
     @classmethod
@@ -261,7 +262,7 @@ class TaggingTask(Task):
 
     def training_step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         emissions = model(*(batch[k] for k in MODEL_INPUTS))
-        loss = model.loss(emissions, batch["tags"], batch["mask"])
+        loss = model.loss(emissions, batch["tags"], batch["mask"], self.regimen.label_smoothing)
         mask = batch["mask"]
         n_tokens = mask.sum()
         correct = ((emissions.argmax(-1) == batch["tags"]) & mask).sum()  # emission argmax: no Viterbi in training
