@@ -162,13 +162,14 @@ def test_a_mixed_batch_weighs_both_labels_and_draws_from_the_run_generator(small
     cfg = small_cfg("cifar10", "regularizer=mixup")
     task, regimen, model, generator = loop.build(cfg, torch.device("cpu"))
     state = generator.get_state()
-    x, y, lam = next(iter(task.train_batches(generator)))
+    x, y, partner, lam = next(iter(task.train_batches(generator)))
     generator.set_state(state)
-    x2, _, lam2 = next(iter(task.train_batches(generator)))
+    x2, _, _, lam2 = next(iter(task.train_batches(generator)))
+    assert torch.equal(partner, y.flip(0))  # each image's partner is its mirror in the batch
     assert torch.equal(x, x2) and torch.equal(lam, lam2)  # nothing else drew: resume replays it exactly
     assert lam.shape == y.shape and (lam == lam[0]).all() and 0 <= lam[0] <= 1
     model.eval()
-    loss, stats_ = task.training_step(model, (x, y, lam))
+    loss, stats_ = task.training_step(model, (x, y, partner, lam))
     with torch.no_grad():
         logits = model(x)
     l = lam[0].item()

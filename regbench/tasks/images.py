@@ -159,9 +159,10 @@ class ImageClassificationTask(Task):
                 x = image_augment.cutout(self._normalise(x), aug.cutout, generator)
             else:
                 x = self._normalise(x)
-            if self.regimen.mixes:  # the batch carries each row's weight of its own label
+            if self.regimen.mixes:  # each row carries its partner's label and the weight of its own
                 x, lam = mixing.mix(x, self.regimen.mixup_alpha, self.regimen.cutmix_alpha, generator)
-                yield x, labels[idx], lam.expand(len(idx))
+                y = labels[idx]
+                yield x, y, y.flip(0), lam.expand(len(idx))  # row-wise, so torchrun's shares stay paired
             else:
                 yield x, labels[idx]
 
@@ -170,8 +171,8 @@ class ImageClassificationTask(Task):
         logits = model(x).float()
         smoothing = self.regimen.label_smoothing
         count = torch.full((), len(y), device=y.device)
-        if len(batch) == 3:  # mixup/CutMix: each row's label weighs lam, its partner's (the batch reversed) 1 - lam
-            lam, partner = batch[2], y.flip(0)
+        if len(batch) == 4:  # mixup/CutMix: each row's label weighs lam, its partner's 1 - lam
+            partner, lam = batch[2], batch[3]
             loss = (lam * F.cross_entropy(logits, y, reduction="none", label_smoothing=smoothing)
                     + (1 - lam) * F.cross_entropy(logits, partner, reduction="none", label_smoothing=smoothing)).mean()
             predicted = logits.argmax(1)
