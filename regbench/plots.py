@@ -1,5 +1,5 @@
 """The comparison's pictures (matplotlib, PNG and SVG): learning curves, the test metric with confidence
-intervals, quality against cost, and gradient flow. Built from a `Comparison` (compare.py) and the runs'
+intervals, quality against cost, gradient flow, and reliability diagrams (from test_outputs.npz). Built from a `Comparison` (compare.py) and the runs'
 history.csv files; a run whose history is missing is left out of the curves, never guessed.
 
 Uses matplotlib's object API (`Figure`) rather than pyplot, so nothing depends on a display or on
@@ -16,8 +16,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
+from regbench.calibration import ECE_BINS, calibration, reliability
 from regbench.gradients import LAYER_MEAN_PREFIX
-from regbench.record import HISTORY_FILE
+from regbench.record import HISTORY_FILE, TEST_OUTPUTS_FILE
 
 FORMATS = ("png", "svg")
 COST_AXES = (("params", "parameters", True), ("flops_per_example", "forward FLOPs per example", True),
@@ -310,6 +311,55 @@ def gradient_flow(comparison, histories: dict[str, pd.DataFrame], task: str) -> 
     return fig
 
 
+def pooled_test_outputs(runs: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The test probabilities and labels of a group's runs, pooled (every seed's examples together)."""
+    parts = [np.load(Path(r) / TEST_OUTPUTS_FILE) for r in runs if (Path(r) / TEST_OUTPUTS_FILE).is_file()]
+    if not parts:
+        return None
+    return np.concatenate([p["probs"] for p in parts]), np.concatenate([p["labels"] for p in parts])
+
+
+def reliability_diagrams(comparison, task: str) -> Figure | None:
+    """One panel per group: accuracy against mean confidence in each of the ECE's 15 bins, over the test
+    outputs of every completed run of the group pooled across seeds; the diagonal is perfect calibration,
+    bars below it are over-confidence. None when no run of the task wrote test_outputs.npz."""
+    keys = comparison.keys
+    part = _task_rows(comparison.summary, task)
+    labels = group_labels(comparison.summary, keys)
+    members = _group_runs(comparison.runs, keys)
+    panels = []
+    for _, row in part.iterrows():
+        key = tuple(row[k] for k in keys)
+        pooled = pooled_test_outputs(members.get(key, []))
+        if pooled is not None:
+            panels.append((labels[key], len(members[key]), *pooled))
+    if not panels:
+        return None
+    columns = min(len(panels), 4)
+    rows = math.ceil(len(panels) / columns)
+    fig = Figure(figsize=(3.2 * columns, 3.3 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).flatten()
+    width = 1 / ECE_BINS
+    for ax, (name, n_runs, probs, truth) in zip(axes, panels):
+        diagram = reliability(probs, truth)
+        centres = diagram["edges"][:-1] + width / 2
+        ax.bar(centres, np.nan_to_num(diagram["accuracy"]), width=width * 0.95, color="C0", alpha=0.8,
+               label="accuracy")
+        ax.plot([0, 1], [0, 1], color="black", lw=1, ls="--", label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top-label probability)")
+        ax.set_ylabel("accuracy in the bin")
+        ece = calibration(probs, truth)["ece"]
+        ax.set_title(textwrap.fill(f"{name}: ECE {ece:.3f} ({n_runs} run{'s' if n_runs != 1 else ''}, "
+                                   f"{len(truth)} predictions)", 40), fontsize=9)
+    axes[0].legend(fontsize=7, loc="upper left")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{task}: reliability on the test set, seeds pooled", fontsize=10)
+    return fig
+
+
 @dataclass
 class Plots:
     files: list[Path] = field(default_factory=list)
@@ -321,6 +371,10 @@ def write_plots(comparison, out_dir: Path) -> Plots:
     each plot that the records could not support (no history.csv at hand: a results.csv from elsewhere)."""
     out = Plots(_save(metric_bars(comparison.summary, comparison.keys), out_dir / "test_metric"))
     out.files += _save(quality_vs_cost(comparison.summary, comparison.keys), out_dir / "quality_vs_cost")
+    for task in _tasks(comparison.summary):
+        fig = reliability_diagrams(comparison, task)
+        if fig is not None:
+            out.files += _save(fig, out_dir / f"reliability_{task}")
     histories = run_histories(comparison.runs)
     if not histories:
         out.notes.append("no history.csv of any run is at hand (a results.csv alone carries none): the learning "

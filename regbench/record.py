@@ -19,6 +19,7 @@ from regbench.fileio import write_csv_atomic, write_json_atomic
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
+TEST_OUTPUTS_FILE = "test_outputs.npz"  # classification: probs (float32, N x C) and labels (int64, N) of test
 
 # Config keys that never change what a run computes: where outputs and caches go, how progress is
 # shown, how often state is saved. A run's id leaves them out and compare never groups by them.

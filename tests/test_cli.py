@@ -70,7 +70,7 @@ def test_a_multirun_summarises_itself_and_compare_and_report_draw_it(tiny_data_d
     result = regbench(["compare", str(sweep), "--plots", "--out", str(out)], cli_env, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "bn_dropout" in result.stdout and "Δ vs regularizer=none" in result.stdout
-    names = {"test_metric", "quality_vs_cost", "learning_curves", "gradient_flow_cifar10"}
+    names = {"test_metric", "quality_vs_cost", "learning_curves", "gradient_flow_cifar10", "reliability_cifar10"}
     for name in names:
         for fmt in ("png", "svg"):
             assert (out / "plots" / f"{name}.{fmt}").stat().st_size > 5000, (name, fmt)

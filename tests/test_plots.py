@@ -79,7 +79,7 @@ def test_one_epoch_curves_are_visible_and_gradient_flow_rows_line_up(small_run, 
         warnings.simplefilter("error")  # a report must not print matplotlib's warnings
         plotted = write_plots(comparison, tmp_path / "plots")
     assert {p.stem for p in plotted.files} == {"test_metric", "quality_vs_cost", "learning_curves",
-                                               "gradient_flow_cifar10"} and not plotted.notes
+                                               "gradient_flow_cifar10", "reliability_cifar10"} and not plotted.notes
 
 
 def test_plots_from_a_results_csv_alone_say_what_they_leave_out(small_run, tmp_path):

@@ -176,6 +176,17 @@ class BiLSTMTagger(nn.Module):
                                                label_smoothing=label_smoothing) / n_tokens
         return nn.functional.cross_entropy(emissions.float()[mask], tags[mask], reduction="sum") / n_tokens
 
+    def token_probs(self, emissions: Tensor, mask: Tensor) -> Tensor:
+        """Each token's probability of each tag (B, T, K): with a CRF the marginals p(y_t = k | sentence), by
+        forward-backward done as the gradient of log Z with respect to the emissions (exact, and the forward
+        algorithm already here is all it needs); without one the softmax. Padding rows are not meaningful."""
+        if self.crf is None:
+            return emissions.float().softmax(-1)
+        with torch.enable_grad():
+            scores = emissions.detach().float().requires_grad_()
+            (marginals,) = torch.autograd.grad(self.crf.log_partition(scores, mask).sum(), scores)
+        return marginals
+
     def decode(self, emissions: Tensor, mask: Tensor) -> Tensor:
         if self.crf is not None:
             return self.crf.viterbi(emissions, mask)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,7 +18,10 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from regbench import checks, mixing
+from regbench.calibration import CalibrationSums
 from regbench.errors import ConfigError
+from regbench.fileio import write_atomic
+from regbench.record import TEST_OUTPUTS_FILE
 from regbench.regimen import Regimen
 from regbench.tasks import image_augment
 from regbench.tasks.base import Task
@@ -35,6 +39,11 @@ class ImageArrays:
     source: str
     val_x: np.ndarray | None = None   # a validation split of the data's own (else carved from train)
     val_y: np.ndarray | None = None
+
+
+def write_test_outputs(path: Path, probs: np.ndarray, labels: np.ndarray) -> None:
+    """test_outputs.npz, atomically: any tool can recompute accuracy, NLL and ECE from it."""
+    write_atomic(path, lambda fh: np.savez(fh, probs=probs.astype(np.float32), labels=labels.astype(np.int64)))
 
 
 def balanced_order(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -79,6 +88,7 @@ class ImageClassificationTask(Task):
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         super().__init__(cfg, device)
+        self.test_outputs: tuple[np.ndarray, np.ndarray] | None = None  # set by evaluate(model, "test")
         dcfg = cfg.data
         arrays = self.load_arrays()
         self.source, self.classes = arrays.source, list(arrays.classes)
@@ -195,14 +205,27 @@ class ImageClassificationTask(Task):
         bs = self.cfg.trainer.eval_batch_size
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
+        calibration = CalibrationSums(self.device)
+        test_probs = []
         for start in range(0, len(labels), bs):
             x = self._normalise(images[start:start + bs].float().div_(255.0))
             y = labels[start:start + bs]
             logits = model(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
+            probs = logits.softmax(1)
+            calibration.add(probs, y)
+            if split == "test":
+                test_probs.append(probs)
+        if split == "test":  # test_outputs.npz: the final model's test probabilities, in the test set's order
+            self.test_outputs = (torch.cat(test_probs).cpu().numpy() if test_probs else
+                                 np.zeros((0, self.num_classes), np.float32), labels.cpu().numpy())
         n = max(1, len(labels))
-        return {"loss": loss_sum.item() / n, "accuracy": correct.item() / n}
+        return {"loss": loss_sum.item() / n, "accuracy": correct.item() / n, **calibration.result()}
+
+    def write_outputs(self, run_dir: Path) -> None:
+        if self.test_outputs is not None:
+            write_test_outputs(Path(run_dir) / TEST_OUTPUTS_FILE, *self.test_outputs)
 
     def example_input(self) -> Tensor:
         return self._normalise(self.splits["train"][0][:1].float().div_(255.0))

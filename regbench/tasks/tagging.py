@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from regbench import checks, metrics
+from regbench.calibration import CalibrationSums
 from regbench.data import conll
 from regbench.errors import ConfigError, DataError
 from regbench.fileio import write_text_atomic
@@ -286,19 +287,23 @@ class TaggingTask(Task):
         order = data.longest_first(np.arange(n))
         bs = self.cfg.trainer.eval_batch_size
         loss_sum = torch.zeros((), device=self.device)
+        calibration = CalibrationSums(self.device)
         decoded = []
         for rows, batch in data.batches([order[i:i + bs] for i in range(0, n, bs)]):
             # everything stays on the device until the whole split is decoded
             emissions = model(*(batch[k] for k in MODEL_INPUTS))
             loss_sum += model.loss(emissions, batch["tags"], batch["mask"]) * batch["mask"].sum()
             decoded.append((rows, model.decode(emissions, batch["mask"])))
+            probs = model.token_probs(emissions, batch["mask"])  # token-level: CRF marginals or the softmax
+            calibration.add(probs.flatten(0, 1), batch["tags"].flatten(), batch["mask"].flatten())
         predicted: list[list[str]] = [[] for _ in range(n)]
         for rows, best in decoded:
             best = best.cpu().numpy()
             for row, i in enumerate(rows):
                 predicted[i] = [self.vocab.tag_names[t] for t in best[row, : data.lengths[i]]]
         self.predictions[split] = predicted
-        result: dict[str, Any] = {"loss": loss_sum.item() / max(1, int(data.lengths[:n].sum()))}
+        result: dict[str, Any] = {"loss": loss_sum.item() / max(1, int(data.lengths[:n].sum())),
+                                  **calibration.result()}
         if self.span:
             scores = metrics.span_scores(gold, predicted)
             result.update({k: scores[k] for k in ("f1", "precision", "recall", "accuracy")})
