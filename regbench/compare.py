@@ -135,8 +135,9 @@ def _with_added_keys(runs: pd.DataFrame) -> pd.DataFrame:
     described = runs[columns].notna().any(axis=1)  # runs whose identity is known at all
     for key, off in ADDED_KEYS.items():
         column = CONFIG + key
-        if column in runs:
-            runs[column] = runs[column].where(runs[column].notna() | ~described, off)
+        if column in runs:  # element by element: an off value may be a list (trainer.compression.prune)
+            runs[column] = [off if known and _missing(value) else value
+                            for value, known in zip(runs[column].tolist(), described)]
     return runs
 
 

@@ -31,7 +31,7 @@ COSMETIC_KEYS = ("paths.output_dir", "paths.cache_dir", "trainer.progress", "tra
 ADDED_KEYS: dict[str, Any] = {
     "regularizer.norm.groups": 8, "regularizer.label_smoothing": 0.0, "regularizer.mixup.alpha": 0.0,
     "regularizer.cutmix.alpha": 0.0, "regularizer.ema.decay": 0.0, "regularizer.stochastic_depth": 0.0,
-    "optimizer.decay_norm_and_bias": True,
+    "optimizer.decay_norm_and_bias": True, "trainer.compression.prune": [], "trainer.compression.int8": False,
 }
 FLOPS_COUNTING = "FLOPs of one forward pass, one multiply-add = 2 FLOPs (MACs = FLOPs / 2)"
 
@@ -87,6 +87,7 @@ class RunRecord:
     model_size_bytes: int | None = None
     checkpoint_bytes: int | None = None
     gradients: dict[str, Any] = field(default_factory=dict)
+    compression: dict[str, Any] | None = None  # trainer.compression: the test metrics of pruned / int8 copies
     train_time_s: float = 0.0
     eval_time_s: float = 0.0
     wall_time_s: float | None = None

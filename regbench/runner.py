@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from regbench import checkpoints, complexity, distributed, gradients, loop
+from regbench.compression import compression_results
 from regbench.provenance import git_state, host, versions
 from regbench.errors import RegbenchError
 from regbench.record import RecordWriter, RunRecord, Status
@@ -224,6 +225,12 @@ class Run(loop.FitHooks):
             record.eval_time_s = round(record.eval_time_s + time.perf_counter() - t1, 3)
             record.gap = record.train[task.primary_metric] - record.test[task.primary_metric]
             task.write_outputs(self.run_dir)
+            ccfg = cfg.trainer.compression
+            if ccfg.prune or ccfg.int8:  # after write_outputs: test_outputs.npz is the uncompressed model's
+                t1 = time.perf_counter()
+                record.compression = compression_results(model, [float(f) for f in ccfg.prune], bool(ccfg.int8),
+                                                         lambda m: loop.evaluate(task, m, "test"))
+                record.eval_time_s = round(record.eval_time_s + time.perf_counter() - t1, 3)
             lcfg = cfg.trainer.latency
             autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=record.precision == "bf16")
             for key, value in complexity.latency(model, task.example_input(), device, autocast,

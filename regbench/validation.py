@@ -105,6 +105,12 @@ def _check_trainer(cfg: DictConfig) -> None:
     checks.number(cfg, "trainer.checkpoint_every", low=0, integer=True)
     checks.number(cfg, "trainer.gradients.vanishing_below", low=0)
     checks.number(cfg, "trainer.gradients.exploding_above", low=0, low_open=True)
+    fractions = checks.plain(checks.get(cfg, "trainer.compression.prune"))
+    if not isinstance(fractions, (list, tuple)) or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f < 1 for f in fractions):
+        raise ConfigError(f"trainer.compression.prune={fractions!r} is invalid: give a list of fractions in [0, 1), "
+                          "e.g. trainer.compression.prune=[0.5,0.9] (or [] for none)")
+    checks.boolean(cfg, "trainer.compression.int8")
     checks.number(cfg, "trainer.latency.batch_size", low=1, integer=True, allow_none=True)
     checks.number(cfg, "trainer.latency.warmup", low=0, integer=True)
     checks.number(cfg, "trainer.latency.repeats", low=0, integer=True)
