@@ -85,7 +85,7 @@ def tuning_score(record: dict) -> float | None:
     return float(value) if record.get("higher_is_better", True) else -float(value)
 
 
-SUBCOMMANDS = ("compare", "report")
+SUBCOMMANDS = ("compare", "report", "ensemble")
 
 
 def _subcommand_parser() -> argparse.ArgumentParser:
@@ -117,6 +117,13 @@ def _subcommand_parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("--out", type=Path, help="the HTML file (default: SWEEP_DIR/report.html for one "
                                                       "directory, else ./report-<time>.html)")
+    help_text = "average each group's seeds' test predictions and score the ensemble (classification runs)"
+    sub = commands.add_parser("ensemble", help=help_text, description=help_text)
+    sub.add_argument("paths", nargs="+", metavar="PATH", help="sweep or run directories of one task")
+    sub.add_argument("--by", nargs="+", metavar="KEY", help="group by these keys (default: as compare, every "
+                                                             "setting but the seed that differs between the runs)")
+    sub.add_argument("--out", type=Path, help="the folder ensemble.csv/.md go to (default: the sweep directory "
+                                              "when one sweep is given, else ./ensemble-<time>)")
     return parser
 
 
@@ -133,7 +140,7 @@ def _default_out(paths: list[str], name: str) -> Path:
     if len(paths) == 1 and is_sweep(Path(paths[0])):
         return Path(paths[0]) / name if name.endswith(".html") else Path(paths[0])
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    return Path(f"report-{stamp}.html") if name.endswith(".html") else Path(f"compare-{stamp}")
+    return Path(f"report-{stamp}.html") if name.endswith(".html") else Path(f"{name or 'compare'}-{stamp}")
 
 
 def run_subcommand(argv: list[str]) -> int:
@@ -144,6 +151,8 @@ def run_subcommand(argv: list[str]) -> int:
 
     args = _subcommand_parser().parse_args(argv)
     try:
+        if args.command == "ensemble":
+            return _ensemble(args)
         if args.command == "compare" and args.out is not None and args.out.exists() and not args.out.is_dir():
             raise RegbenchError(f"--out {args.out} is a file: give a folder for summary.csv, .md and .tex")
         if args.command == "report" and args.out is not None and args.out.is_dir():
@@ -176,6 +185,19 @@ def run_subcommand(argv: list[str]) -> int:
             raise
         print(f"regbench {args.command}: error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _ensemble(args) -> int:
+    from regbench.ensemble import ensemble
+
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise RegbenchError(f"--out {args.out} is a file: give a folder for ensemble.csv and .md")
+    result = ensemble(args.paths, by=args.by)
+    out = args.out or _default_out(args.paths, "ensemble")
+    files = result.write(out)
+    print(result.text())
+    print("\nwrote " + ", ".join(str(f) for f in files))
     return 0
 
 
