@@ -18,7 +18,7 @@ import pandas as pd
 from regbench.calibration import calibration
 from regbench.compare import CompareError, key_values, label_keys, load_runs
 from regbench.fileio import write_csv_atomic, write_text_atomic
-from regbench.record import TEST_OUTPUTS_FILE
+from regbench.record import TEST_OUTPUTS_FILE, read_test_outputs
 
 SCORED = ("accuracy", "nll", "ece", "brier")  # what an averaged softmax is scored on (accuracy first)
 LOWER_IS_BETTER = {"nll", "ece", "brier"}
@@ -78,11 +78,10 @@ def ensemble(paths, by=None) -> Ensembles:
 
 
 def _outputs(path, task: str) -> tuple[np.ndarray, np.ndarray]:
-    file = Path(path) / TEST_OUTPUTS_FILE if isinstance(path, str) else None
-    if file is None or not file.is_file():
+    stored = read_test_outputs(Path(path)) if isinstance(path, str) else None
+    if stored is None:
         where = f"{path} has no {TEST_OUTPUTS_FILE}" if isinstance(path, str) else "a run without its directory"
         raise CompareError(f"{where}: ensembles need each run's stored test outputs, which classification runs "
                            f"write (task={task} runs store none, or the run predates them); give run or sweep "
                            "directories of classification runs")
-    stored = np.load(file)
-    return stored["probs"], stored["labels"]
+    return stored

@@ -18,7 +18,7 @@ from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from regbench.calibration import ECE_BINS, calibration, reliability
 from regbench.gradients import LAYER_MEAN_PREFIX
-from regbench.record import HISTORY_FILE, TEST_OUTPUTS_FILE
+from regbench.record import HISTORY_FILE, read_test_outputs
 
 FORMATS = ("png", "svg")
 COST_AXES = (("params", "parameters", True), ("flops_per_example", "forward FLOPs per example", True),
@@ -313,10 +313,10 @@ def gradient_flow(comparison, histories: dict[str, pd.DataFrame], task: str) -> 
 
 def pooled_test_outputs(runs: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
     """The test probabilities and labels of a group's runs, pooled (every seed's examples together)."""
-    parts = [np.load(Path(r) / TEST_OUTPUTS_FILE) for r in runs if (Path(r) / TEST_OUTPUTS_FILE).is_file()]
+    parts = [p for p in map(read_test_outputs, runs) if p is not None]
     if not parts:
         return None
-    return np.concatenate([p["probs"] for p in parts]), np.concatenate([p["labels"] for p in parts])
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def reliability_diagrams(comparison, task: str) -> Figure | None:

@@ -13,9 +13,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from regbench.fileio import write_csv_atomic, write_json_atomic
+from regbench.fileio import write_atomic, write_csv_atomic, write_json_atomic
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
@@ -166,3 +167,18 @@ def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def write_test_outputs(run_dir: Path, probs: np.ndarray, labels: np.ndarray) -> None:
+    """test_outputs.npz, atomically: any tool can recompute accuracy, NLL and ECE from it."""
+    write_atomic(Path(run_dir) / TEST_OUTPUTS_FILE,
+                 lambda fh: np.savez(fh, probs=probs.astype(np.float32), labels=labels.astype(np.int64)))
+
+
+def read_test_outputs(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(probs, labels) of a run's test_outputs.npz, or None when the run has none."""
+    path = Path(run_dir) / TEST_OUTPUTS_FILE
+    if not path.is_file():
+        return None
+    stored = np.load(path)
+    return stored["probs"], stored["labels"]

@@ -20,8 +20,7 @@ from torch import Tensor, nn
 from regbench import checks, mixing
 from regbench.calibration import CalibrationSums
 from regbench.errors import ConfigError
-from regbench.fileio import write_atomic
-from regbench.record import TEST_OUTPUTS_FILE
+from regbench.record import write_test_outputs
 from regbench.regimen import Regimen
 from regbench.tasks import image_augment
 from regbench.tasks.base import Task
@@ -39,11 +38,6 @@ class ImageArrays:
     source: str
     val_x: np.ndarray | None = None   # a validation split of the data's own (else carved from train)
     val_y: np.ndarray | None = None
-
-
-def write_test_outputs(path: Path, probs: np.ndarray, labels: np.ndarray) -> None:
-    """test_outputs.npz, atomically: any tool can recompute accuracy, NLL and ECE from it."""
-    write_atomic(path, lambda fh: np.savez(fh, probs=probs.astype(np.float32), labels=labels.astype(np.int64)))
 
 
 def balanced_order(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -225,7 +219,7 @@ class ImageClassificationTask(Task):
 
     def write_outputs(self, run_dir: Path) -> None:
         if self.test_outputs is not None:
-            write_test_outputs(Path(run_dir) / TEST_OUTPUTS_FILE, *self.test_outputs)
+            write_test_outputs(run_dir, *self.test_outputs)
 
     def example_input(self) -> Tensor:
         return self._normalise(self.splits["train"][0][:1].float().div_(255.0))
