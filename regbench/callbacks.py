@@ -39,6 +39,8 @@ class SweepResultsCallback(Callback):
               f"{sweep_dir / RESULTS_FILE}")
         if not frame.empty:
             self._write_summary(sweep_dir)
+        if config.get("logger", {}).get("name") == "mlflow":
+            self._export_mlflow(config, sweep_dir)
         failures = failed_runs(sweep_dir)
         if failures:
             # Other launchers' workers may print nowhere the user looks: say here what went wrong, in one place.
@@ -48,6 +50,19 @@ class SweepResultsCallback(Callback):
             print(f"regbench: error: {len(failures)} of {runs} runs failed (above); fix the cause and run the same "
                   "command again: finished runs are reused", file=sys.stderr)
             raise SystemExit(1)
+
+    @staticmethod
+    def _export_mlflow(config: DictConfig, sweep_dir: Path) -> None:
+        """logger=mlflow in a multirun: one writer, after every job, so no two write the SQLite file at once."""
+        from regbench.tracking.mlflow import export
+
+        try:
+            done = export([sweep_dir], config.logger.tracking_uri, config.logger.experiment)
+            print(f"MLflow: {done.created} runs added, {done.updated} updated in {config.logger.tracking_uri} "
+                  f"(experiment {config.logger.experiment})")
+        except Exception as err:  # noqa: BLE001 - the runs are on disk; the export can be redone
+            log.warning("could not export the sweep to MLflow (%s: %s); run `regbench export mlflow %s`",
+                        type(err).__name__, err, sweep_dir)
 
     @staticmethod
     def _write_summary(sweep_dir: Path) -> None:

@@ -47,7 +47,7 @@ def train(cfg: DictConfig) -> float | None:
     try:
         launcher = HydraConfig.get().launcher if in_sweep else None
         threads = job_threads(cfg.trainer.threads, launcher, os.environ)
-        record = runner.run(cfg, run_dir, _overrides(), threads)
+        record = runner.run(cfg, run_dir, _overrides(), threads, in_sweep)
     except runner.RunInterrupted as err:
         # Ctrl-C or SIGTERM ends the whole invocation; the record says `interrupted`. Under submitit,
         # SIGUSR2 (time limit, pre-emption) goes on to submitit, which requeues the job and exits.
@@ -85,7 +85,7 @@ def tuning_score(record: dict) -> float | None:
     return float(value) if record.get("higher_is_better", True) else -float(value)
 
 
-SUBCOMMANDS = ("compare", "report", "ensemble")
+SUBCOMMANDS = ("compare", "report", "ensemble", "export")
 
 
 def _subcommand_parser() -> argparse.ArgumentParser:
@@ -107,6 +107,9 @@ def _subcommand_parser() -> argparse.ArgumentParser:
                          help=f"the group every other group is tested against (default: {DEFAULT_BASELINE})")
         sub.add_argument("--no-baseline", dest="baseline", action="store_const", const=None,
                          help="no deltas or tests")
+        sub.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                         help="also give percentile bootstrap intervals for the mean and the difference, from N "
+                              "resamples (e.g. 10000); for 10+ seeds or skewed metrics, see docs/compare.md")
         if name == "compare":
             sub.add_argument("--out", type=Path, help="the folder summary.csv/.md/.tex (and plots/) go to "
                                                       "(default: the sweep directory when one sweep is given, "
@@ -117,13 +120,23 @@ def _subcommand_parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("--out", type=Path, help="the HTML file (default: SWEEP_DIR/report.html for one "
                                                       "directory, else ./report-<time>.html)")
-    help_text = "average each group's seeds' test predictions and score the ensemble (classification runs)"
+    help_text = ("average each group's seeds' stored test predictions (probabilities, per-token tag probabilities "
+                 "or MovieLens scores) and score the ensemble with the task's metrics")
     sub = commands.add_parser("ensemble", help=help_text, description=help_text)
     sub.add_argument("paths", nargs="+", metavar="PATH", help="sweep or run directories of one task")
     sub.add_argument("--by", nargs="+", metavar="KEY", help="group by these keys (default: as compare, every "
                                                              "setting but the seed that differs between the runs)")
     sub.add_argument("--out", type=Path, help="the folder ensemble.csv/.md go to (default: the sweep directory "
                                               "when one sweep is given, else ./ensemble-<time>)")
+    help_text = "copy run records into an experiment tracker (MLflow), one tracker run per regbench run"
+    sub = commands.add_parser("export", help=help_text, description=help_text)
+    sub.add_argument("tracker", choices=["mlflow"], help="where to: mlflow")
+    sub.add_argument("paths", nargs="+", metavar="PATH", help="sweep or run directories (any depth)")
+    sub.add_argument("--tracking-uri", help="the MLflow tracking URI (default: sqlite:///<paths.output_dir>/mlflow.db, "
+                                            "paths.output_dir being $REGBENCH_OUTPUT or ./outputs)")
+    sub.add_argument("--experiment", default="regbench", help="the MLflow experiment (default: regbench)")
+    sub.add_argument("--no-plots", dest="plots", action="store_false",
+                     help="leave out the per-run plots (faster)")
     return parser
 
 
@@ -153,12 +166,15 @@ def run_subcommand(argv: list[str]) -> int:
     try:
         if args.command == "ensemble":
             return _ensemble(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "compare" and args.out is not None and args.out.exists() and not args.out.is_dir():
             raise RegbenchError(f"--out {args.out} is a file: give a folder for summary.csv, .md and .tex")
         if args.command == "report" and args.out is not None and args.out.is_dir():
             raise RegbenchError(f"--out {args.out} is a folder: give the HTML file to write, e.g. "
                                 f"{args.out / 'report.html'}")
-        comparison = compare(args.paths, by=args.by, metric=args.metric, baseline=args.baseline)
+        comparison = compare(args.paths, by=args.by, metric=args.metric, baseline=args.baseline,
+                             bootstrap=args.bootstrap)
         if args.command == "compare":
             out = args.out or _default_out(args.paths, "")
             files = comparison.write(out)
@@ -186,6 +202,17 @@ def run_subcommand(argv: list[str]) -> int:
         print(f"regbench {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _export(args) -> int:
+    from regbench.tracking.mlflow import default_tracking_uri, export
+
+    uri = args.tracking_uri or default_tracking_uri(os.environ.get("REGBENCH_OUTPUT") or "outputs")
+    done = export(args.paths, uri, args.experiment, plots=args.plots, progress=sys.stderr.isatty())
+    print(f"MLflow: {done.created} runs added, {done.updated} updated in {uri} (experiment {args.experiment})")
+    for skipped in done.skipped:
+        print(f"regbench export: skipped {skipped}", file=sys.stderr)
+    return 1 if done.skipped else 0
 
 
 def _ensemble(args) -> int:

@@ -34,7 +34,7 @@ CONFIG = "config."  # the record's resolved identity, flattened into results.csv
 # Always part of a group of records without `config`; other overridden keys join when their value varies.
 BASE_KEYS = ("task", "model", "regularizer", "optimizer")
 NOT_GROUPED = ("seed", *COSMETIC_KEYS)
-NOT_GROUPED_PREFIXES = ("hydra.", "paths.")
+NOT_GROUPED_PREFIXES = ("hydra.", "paths.", "logger.")
 DEFAULT_BASELINE = "regularizer=none"
 CONFIDENCE = 0.95
 SUMMARY_NAME = "summary"  # summary.csv / summary.md / summary.tex
@@ -267,6 +267,8 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> In
     mean = float(x.mean())
     if len(x) < 2:
         return Interval(mean, math.nan, math.nan)
+    if _no_spread(x):  # equal values: no interval to speak of (not a std of 1e-17 from rounding)
+        return Interval(mean, mean, mean)
     half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return Interval(mean, mean - half, mean + half)
 
@@ -311,11 +313,58 @@ def difference(group: dict[int, float], baseline: dict[int, float], confidence: 
     return Difference(delta, float(interval.low), float(interval.high), float(result.pvalue), kind, pairs)
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down): the i-th smallest of m p-values becomes
+    max over j <= i of min(1, (m - j + 1) * p_(j)). NaN p-values (no test) stay NaN and are not counted.
+    Written here: it is five lines, and statsmodels would be a dependency for it."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(len(p), math.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    m = len(tested)
+    running = 0.0
+    for rank, i in enumerate(tested[np.argsort(p[tested], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+BOOTSTRAP_SEED = 0  # the resampling is seeded: the same runs give the same intervals
+
+
+def bootstrap_interval(samples: Sequence[Sequence[float]], resamples: int, paired: bool = False,
+                       confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Percentile bootstrap interval (scipy.stats.bootstrap) of the mean of one sample, or of the
+    difference of means of two (paired: the per-seed differences are resampled together). NaN when a
+    sample has fewer than two values or no spread."""
+    data = [np.asarray(x, dtype=float) for x in samples]
+    if any(len(x) < 2 for x in data):
+        return math.nan, math.nan
+    if len(data) == 2 and paired:
+        data = [data[0] - data[1]]
+    if len(data) == 1 and _no_spread(data[0]):
+        return math.nan, math.nan
+    statistic = (lambda x, axis: np.mean(x, axis=axis)) if len(data) == 1 else \
+        (lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis))
+    with np.errstate(invalid="ignore"):
+        result = stats.bootstrap(tuple(data), statistic, n_resamples=resamples, confidence_level=confidence,
+                                 method="percentile", vectorized=True, rng=np.random.default_rng(BOOTSTRAP_SEED))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
 # -- the summary -----------------------------------------------------------------------------------
+LOWER_IS_BETTER = ("loss", "nll", "ece", "brier")  # metric names (the last part of a key) to minimise
+
+
 def _higher_is_better(rows: pd.DataFrame, metric: str) -> bool:
-    if "higher_is_better" in rows and rows["higher_is_better"].notna().any() and metric.startswith("test."):
+    """The record's direction for its primary metric; lower for losses and calibration errors; else higher."""
+    name = metric.rsplit(".", 1)[-1]
+    if name in LOWER_IS_BETTER or "loss" in metric:
+        return False
+    primary = rows["primary_metric"].dropna() if "primary_metric" in rows else pd.Series(dtype=object)
+    if "higher_is_better" in rows and rows["higher_is_better"].notna().any() and len(primary) and \
+            name == primary.iloc[0]:
         return bool(rows["higher_is_better"].dropna().iloc[0])
-    return "loss" not in metric
+    return True
 
 
 def _averaged(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -336,10 +385,11 @@ def _seed_values(members: pd.DataFrame) -> dict[int, float]:
 
 
 def summarise(runs: pd.DataFrame, by: Sequence[str], metric: str | None = None,
-              baseline: str | None = DEFAULT_BASELINE) -> pd.DataFrame:
+              baseline: str | None = DEFAULT_BASELINE, bootstrap: int = 0) -> pd.DataFrame:
     """One row per group of `runs` (grouped by the columns `by`): status counts, n, mean, std, CI,
-    min/max, cost columns over exactly the runs averaged, delta to the baseline with its CI and
-    p-value, and the rank within the task (1 = best)."""
+    min/max, cost columns over exactly the runs averaged, delta to the baseline with its CI, p-value and
+    Holm-adjusted p-value, and the rank within the task (1 = best). `bootstrap` > 0 adds percentile
+    bootstrap intervals with that many resamples (boot_ci_low/high, delta_boot_low/high)."""
     runs = runs.copy()
     keys = list(by)
     runs["_metric"] = metric_columns(runs, metric)
@@ -372,10 +422,12 @@ def summarise(runs: pd.DataFrame, by: Sequence[str], metric: str | None = None,
             elif name == "latency_ms":
                 value *= 1000
             row[name] = value
+        if bootstrap:
+            row["boot_ci_low"], row["boot_ci_high"] = bootstrap_interval([x], bootstrap)
         seed_values[label] = values
         rows.append(row)
     summary = pd.DataFrame(rows)
-    _add_differences(summary, keys, seed_values, base_key, base_value)
+    _add_differences(summary, keys, seed_values, base_key, base_value, bootstrap)
     return _rank(summary, keys)
 
 
@@ -398,23 +450,43 @@ def _parse_baseline(baseline: str | None, keys: Sequence[str],
 
 
 def _add_differences(summary: pd.DataFrame, keys: Sequence[str], seed_values: dict, base_key: str | None,
-                     base_value: str | None) -> None:
-    columns = {"baseline": [], "delta": [], "delta_ci_low": [], "delta_ci_high": [], "p_value": [], "test": []}
+                     base_value: str | None, bootstrap: int = 0) -> None:
+    columns = {"baseline": [], "delta": [], "delta_ci_low": [], "delta_ci_high": [], "p_value": [], "test": [],
+               "n_pairs": []}
+    if bootstrap:
+        columns.update(delta_boot_low=[], delta_boot_high=[])
     for _, row in summary.iterrows():
         label = tuple(row[k] for k in keys)
         found = None
         if base_key is not None and row[base_key] != base_value:
             wanted = tuple(base_value if k == base_key else row[k] for k in keys)
             found = seed_values.get(wanted)
+        values: tuple = ("", math.nan, math.nan, math.nan, math.nan, "", 0)
         if found and seed_values[label]:
             diff = difference(seed_values[label], found)
-            values = (f"{base_key}={base_value}", diff.delta, diff.low, diff.high, diff.p_value, diff.test)
-        else:
-            values = ("", math.nan, math.nan, math.nan, math.nan, "")
+            values = (f"{base_key}={base_value}", diff.delta, diff.low, diff.high, diff.p_value, diff.test,
+                      diff.n_pairs)
+            if bootstrap:
+                group, base = seed_values[label], found
+                if diff.n_pairs:
+                    seeds = sorted(group)
+                    values += bootstrap_interval([[group[s] for s in seeds], [base[s] for s in seeds]], bootstrap,
+                                                 paired=True)
+                else:
+                    values += bootstrap_interval([list(group.values()), list(base.values())], bootstrap)
+        elif bootstrap:
+            values += (math.nan, math.nan)
         for column, value in zip(columns, values):
             columns[column].append(value)
     for column, values in columns.items():
         summary[column] = values
+    # Holm over the comparisons against the baseline within a task (and metric): a grid of many groups
+    # makes some unadjusted p < 0.05 by chance alone
+    summary["p_holm"] = math.nan
+    within = [k for k in ("task",) if k in keys] + ["metric"]
+    if len(summary):
+        for _, part in summary.groupby(within, sort=False, dropna=False):
+            summary.loc[part.index, "p_holm"] = holm(part["p_value"].tolist())
 
 
 def _rank(summary: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -481,7 +553,7 @@ def _problems(summary: pd.DataFrame) -> list[str]:
 
 
 def display_table(summary: pd.DataFrame, keys: Sequence[str], baseline: str | None = None,
-                  wide: bool = False) -> pd.DataFrame:
+                  wide: bool = False, bootstrap: int = 0) -> pd.DataFrame:
     """The human-readable table. The compact one (what the terminal and the report show, about 100
     characters): the keys, n, mean ± CI, the difference to the baseline with its CI, p; `wide` adds the
     metric, rank, std, min–max and the cost columns."""
@@ -494,6 +566,9 @@ def display_table(summary: pd.DataFrame, keys: Sequence[str], baseline: str | No
     table["n"] = [f"{n}/{r}" for n, r in zip(summary["n"], summary["runs"])]
     table["mean ± 95% CI"] = [f"{fmt(m)} ± {fmt((h - lo) / 2)}" if not _missing(lo) else fmt(m)
                               for m, lo, h in zip(summary["mean"], summary["ci_low"], summary["ci_high"])]
+    if bootstrap:
+        table[f"95% bootstrap CI ({bootstrap})"] = [f"[{fmt(lo)}, {fmt(h)}]" if not _missing(lo) else "–"
+                                                   for lo, h in zip(summary["boot_ci_low"], summary["boot_ci_high"])]
     if wide:
         table["std"] = summary["std"].map(fmt)
         table["min–max"] = [f"{fmt(a)}–{fmt(b)}" if not _missing(a) else "–" for a, b in zip(summary["min"], summary["max"])]
@@ -503,6 +578,10 @@ def display_table(summary: pd.DataFrame, keys: Sequence[str], baseline: str | No
         table[f"Δ vs {baseline} [95% CI]"] = [_delta(row, base_key, base_value) for row in summary.to_dict("records")]
         table["p"] = [_p(p, t) if not wide or not t or t == "no spread" else f"{_p(p, t)} ({t})"
                       for p, t in zip(summary["p_value"], summary["test"])]
+        table["p (Holm)"] = [_p(p, t) if t != "no spread" else "–" for p, t in zip(summary["p_holm"], summary["test"])]
+        if bootstrap:
+            table["Δ bootstrap CI"] = [f"[{lo:+.4f}, {h:+.4f}]" if not _missing(lo) else "–"
+                                       for lo, h in zip(summary["delta_boot_low"], summary["delta_boot_high"])]
     if wide:
         table["params"] = summary["params"].map(_count)
         table["FLOPs/ex"] = summary["flops_per_example"].map(_count)
@@ -531,6 +610,7 @@ class Comparison:
     table: pd.DataFrame
     wide_table: pd.DataFrame = field(default_factory=pd.DataFrame)
     baseline: str | None = None
+    findings: dict[str, list[str]] = field(default_factory=dict)  # task -> sentences (regbench.findings)
 
     def status_line(self) -> str:
         counts = self.runs["status"].value_counts()
@@ -545,11 +625,26 @@ class Comparison:
             line += f"; {_plural(duplicates, 'repeated record')} of the same runs counted once"
         if tests & {"paired t", "Welch t"}:
             line += "; p: paired t-test over seeds" + (" (Welch's t where the seeds differ)" if "Welch t" in tests
-                                                       else "")
+                                                       else "") + ", Holm-adjusted over each task's comparisons"
         return line
 
+    def findings_text(self, width: int = 100) -> str:
+        import textwrap
+
+        lines = ["Findings:"]
+        for task, sentences in self.findings.items():
+            indent = "  "
+            if task and len(self.findings) > 1:
+                lines.append(f"  {task}")
+                indent = "    "
+            for sentence in sentences:
+                lines += textwrap.wrap(sentence, width, initial_indent=f"{indent}- ",
+                                       subsequent_indent=f"{indent}  ", break_on_hyphens=False)
+        return "\n".join(lines)
+
     def text(self, wide: bool = False) -> str:
-        return (self.wide_table if wide else self.table).to_string(index=False) + "\n\n" + self.status_line()
+        return ((self.wide_table if wide else self.table).to_string(index=False) + "\n\n" + self.findings_text()
+                + "\n\n" + self.status_line())
 
     def write(self, out_dir: Path) -> list[Path]:
         """summary.csv (tidy, one row per group, raw numbers), summary.md (the readable table, then the
@@ -559,7 +654,10 @@ class Comparison:
         write_csv_atomic(files[0], self.summary)
         compact = self.table.to_markdown(index=False, disable_numparse=True)  # keep "0.0030" as written
         full = self.wide_table.to_markdown(index=False, disable_numparse=True)
-        write_text_atomic(files[1], f"{compact}\n\n{self.status_line()}\n\nEvery column:\n\n{full}\n")
+        from regbench.findings import markdown
+
+        write_text_atomic(files[1], f"{compact}\n\n{self.status_line()}\n\n{markdown(self.findings)}\n"
+                                    f"Every column:\n\n{full}\n")
         write_text_atomic(files[2], to_latex(self.table))
         return files
 
@@ -587,13 +685,19 @@ def runs_table(runs: pd.DataFrame) -> str:
 
 
 def compare(paths: Iterable[str | Path], by: Sequence[str] | None = None, metric: str | None = None,
-            baseline: str | None = DEFAULT_BASELINE) -> Comparison:
+            baseline: str | None = DEFAULT_BASELINE, bootstrap: int = 0) -> Comparison:
+    from regbench.findings import findings
+
     runs = load_runs(list(paths))
     keys = list(by) if by else label_keys(runs)
     for key in keys:  # one spelling per value, so plots and tables match runs to their summary row
         runs[key] = key_values(runs, key)
     if baseline == DEFAULT_BASELINE and ("regularizer" not in keys or "none" not in set(runs["regularizer"])):
         baseline = None  # the default applies only where regularizers are compared against none
-    summary = summarise(runs, by=keys, metric=metric, baseline=baseline)
-    return Comparison(runs=runs, keys=keys, summary=summary, table=display_table(summary, keys, baseline),
-                      wide_table=display_table(summary, keys, baseline, wide=True), baseline=baseline)
+    if bootstrap < 0:
+        raise CompareError(f"--bootstrap {bootstrap}: give a number of resamples, e.g. --bootstrap 10000 (0 = none)")
+    summary = summarise(runs, by=keys, metric=metric, baseline=baseline, bootstrap=bootstrap)
+    return Comparison(runs=runs, keys=keys, summary=summary, table=display_table(summary, keys, baseline,
+                                                                                 bootstrap=bootstrap),
+                      wide_table=display_table(summary, keys, baseline, wide=True, bootstrap=bootstrap),
+                      baseline=baseline, findings=findings(summary, keys))

@@ -1,37 +1,85 @@
 """Seed ensembles: `regbench ensemble RUNS_OR_SWEEPS... [--by KEY ...]` groups completed runs as `compare`
-does (every identity key but the seed), averages the members' stored test probabilities and scores the
-average with the task's own metrics.
-
-What a run must store: classification runs write test_outputs.npz (probs N x C, labels N), enough to
-score an averaged softmax; that is what this module reads. Tagging (per-token marginals) and MovieLens
-(the users x items score matrix: 943 x 1,682 float32 is 6 MB for ml-100k, but ml-20m's 138,493 x 26,744
-would be 14.8 GB, so it could only be kept as each user's top items) store nothing yet: their runs are
-refused with one line naming what is missing."""
+does (every identity key but the seed), averages the members' stored test predictions (test_outputs.npz,
+written by every run unless trainer.test_outputs=false) and scores the average with the task's own
+metrics. Each member is scored from its stored predictions the same way, so the gain compares like
+with like:
+- classification: the softmax probabilities; accuracy, NLL, ECE, Brier.
+- tagging: each token's tag probabilities (the CRF's marginals or the softmax), decoded by the most
+  probable tag per token (so a CRF member's score here can differ slightly from the Viterbi-decoded
+  one in its metrics.json); chunk F1 (span tag sets), token accuracy, and NLL, ECE, Brier over tokens.
+- ranking (MovieLens): the test users x items score matrix, averaged as raw scores; the task's top-K
+  metrics. ml-100k's matrix is 6 MB; above trainer.test_outputs_max_mb (ml-1m's 90 MB, ml-20m's 14.8 GB)
+  runs store none and are refused here: ensembling those would need each member's top items instead.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
+from regbench import metrics, ranking
 from regbench.calibration import calibration
-from regbench.compare import CompareError, key_values, label_keys, load_runs
+from regbench.compare import LOWER_IS_BETTER, CompareError, key_values, label_keys, load_runs
 from regbench.fileio import write_csv_atomic, write_text_atomic
 from regbench.record import TEST_OUTPUTS_FILE, read_test_outputs
 
-SCORED = ("accuracy", "nll", "ece", "brier")  # what an averaged softmax is scored on (accuracy first)
-LOWER_IS_BETTER = {"nll", "ece", "brier"}
+# The arrays that must agree across members (same test set, same masking) and the one that is averaged.
+SAME = {"classification": ("labels",), "tagging": ("labels", "lengths", "tag_names"), "ranking": ("relevant", "ks")}
+AVERAGED = {"classification": "probs", "tagging": "probs", "ranking": "scores"}
 
 
-def score(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    return {"accuracy": float((probs.argmax(1) == labels).mean()), **calibration(probs, labels)}
+def score(outputs: dict[str, Any]) -> dict[str, float]:
+    """The task's metrics of one set of stored test predictions (first: the one the table shows first)."""
+    kind = outputs["kind"]
+    if kind == "classification":
+        probs, labels = outputs["probs"], outputs["labels"]
+        return {"accuracy": float((probs.argmax(1) == labels).mean()), **calibration(probs, labels)}
+    if kind == "tagging":
+        return _score_tokens(outputs)
+    if kind == "ranking":
+        return _score_ranking(outputs)
+    raise CompareError(f"test_outputs.npz of kind {kind!r} is not one regbench writes")
+
+
+def _score_tokens(outputs: dict[str, Any]) -> dict[str, float]:
+    probs, labels, names = outputs["probs"], outputs["labels"], outputs["tag_names"]
+    cuts = np.cumsum(outputs["lengths"])[:-1]
+    gold = [list(names[s]) for s in np.split(labels, cuts)]
+    predicted = [list(names[s]) for s in np.split(probs.argmax(1), cuts)]
+    out: dict[str, float] = {}
+    if bool(outputs["span"]):
+        out["f1"] = metrics.span_scores(gold, predicted)["f1"]
+    out["accuracy"] = metrics.token_accuracy(gold, predicted)
+    return {**out, **calibration(probs, labels)}
+
+
+def _score_ranking(outputs: dict[str, Any]) -> dict[str, float]:
+    scores = torch.as_tensor(outputs["scores"])
+    relevant = torch.zeros(scores.shape, dtype=torch.bool)
+    pairs = torch.as_tensor(outputs["relevant"])
+    relevant[pairs[:, 0], pairs[:, 1]] = True
+    ks = [int(k) for k in outputs["ks"]]
+    per_user = ranking.per_user_metrics(relevant.gather(1, ranking.top_k(scores, max(ks))), relevant.sum(1), ks)
+    first = [f"ndcg@{ks[0]}"] if f"ndcg@{ks[0]}" in per_user else []
+    return {k: float(per_user[k].mean()) for k in first + sorted(set(per_user) - set(first))}
+
+
+def average(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """One member-shaped set of outputs whose predictions are the members' mean (float64)."""
+    kind = members[0]["kind"]
+    key = AVERAGED[kind]
+    return {**members[0], key: np.mean([m[key].astype(np.float64) for m in members], axis=0)}
 
 
 @dataclass
 class Ensembles:
     table: pd.DataFrame   # one row per group: keys, n_members, ensemble.<m>, member_mean.<m>, gain.<m>
     keys: list[str]
+    metrics: list[str]    # the scored metrics, the task's primary one first
 
     def write(self, out: Path) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
@@ -41,9 +89,10 @@ class Ensembles:
         return [csv, md]
 
     def text(self) -> str:
-        shown = self.table[[*self.keys, "n_members", "ensemble.accuracy", "member_mean.accuracy", "gain.accuracy",
-                            "ensemble.ece", "member_mean.ece"]]
-        return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+        shown = [m for m in (self.metrics[0], "ece") if m in self.metrics]
+        columns = [c for m in shown for c in (f"ensemble.{m}", f"member_mean.{m}", f"gain.{m}")]
+        return self.table[[*self.keys, "n_members", *columns]].to_string(index=False,
+                                                                         float_format=lambda v: f"{v:.4f}")
 
 
 def ensemble(paths, by=None) -> Ensembles:
@@ -58,30 +107,43 @@ def ensemble(paths, by=None) -> Ensembles:
     keys = list(by) if by else label_keys(runs)
     for key in keys:
         runs[key] = key_values(runs, key)
-    rows = []
+    rows, scored = [], []
     for label, group in runs.groupby(keys, sort=False, dropna=False) if keys else [((), runs)]:
         label = label if isinstance(label, tuple) else (label,)
         members = [_outputs(path, tasks[0]) for path in group["run_path"]]
-        labels = members[0][1]
-        if any(m[1].shape != labels.shape or not np.array_equal(m[1], labels) for m in members):
-            raise CompareError(f"the runs of {dict(zip(keys, label))} were tested on different test sets: their "
-                               "predictions cannot be averaged")
-        together = score(np.mean([m[0] for m in members], axis=0, dtype=np.float64), labels)
-        alone = pd.DataFrame([score(m[0].astype(np.float64), labels) for m in members]).mean()
+        _check_same_test_set(members, dict(zip(keys, label)))
+        together = score(average(members))
+        alone = pd.DataFrame([score(m) for m in members]).mean()
         row = dict(zip(keys, label), n_members=len(members))
-        for metric in SCORED:
-            gain = together[metric] - alone[metric]
-            row.update({f"ensemble.{metric}": together[metric], f"member_mean.{metric}": alone[metric],
+        for metric, value in together.items():
+            gain = value - alone[metric]
+            row.update({f"ensemble.{metric}": value, f"member_mean.{metric}": alone[metric],
                         f"gain.{metric}": -gain if metric in LOWER_IS_BETTER else gain})
         rows.append(row)
-    return Ensembles(pd.DataFrame(rows), keys)
+        scored = list(together)
+    return Ensembles(pd.DataFrame(rows), keys, scored)
 
 
-def _outputs(path, task: str) -> tuple[np.ndarray, np.ndarray]:
+def _check_same_test_set(members: list[dict[str, Any]], group: dict[str, Any]) -> None:
+    kind = members[0]["kind"]
+    if any(m["kind"] != kind for m in members):
+        raise CompareError(f"the runs of {group} stored different kinds of test outputs: give runs of one task")
+    shape = members[0][AVERAGED[kind]].shape
+    for m in members[1:]:
+        same = m[AVERAGED[kind]].shape == shape and all(
+            m[k].shape == members[0][k].shape and np.array_equal(m[k], members[0][k]) for k in SAME[kind])
+        if kind == "ranking" and same:  # the same items masked (the same train/validation split)
+            same = np.array_equal(np.isneginf(m["scores"]), np.isneginf(members[0]["scores"]))
+        if not same:
+            raise CompareError(f"the runs of {group} were tested on different test sets: their predictions cannot "
+                               "be averaged")
+
+
+def _outputs(path, task: str) -> dict[str, Any]:
     stored = read_test_outputs(Path(path)) if isinstance(path, str) else None
     if stored is None:
         where = f"{path} has no {TEST_OUTPUTS_FILE}" if isinstance(path, str) else "a run without its directory"
-        raise CompareError(f"{where}: ensembles need each run's stored test outputs, which classification runs "
-                           f"write (task={task} runs store none, or the run predates them); give run or sweep "
-                           "directories of classification runs")
+        raise CompareError(f"{where}: ensembles need each run's stored test outputs (task={task}); re-run it with "
+                           "trainer.test_outputs=true (and, for a large MovieLens set, a trainer.test_outputs_max_mb "
+                           "above its score matrix), or leave it out")
     return stored

@@ -312,11 +312,12 @@ def gradient_flow(comparison, histories: dict[str, pd.DataFrame], task: str) -> 
 
 
 def pooled_test_outputs(runs: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """The test probabilities and labels of a group's runs, pooled (every seed's examples together)."""
-    parts = [p for p in map(read_test_outputs, runs) if p is not None]
+    """The test probabilities and labels of a group's runs, pooled (every seed's examples together); tagging
+    runs' are per token. None when no run stored probabilities (MovieLens stores scores)."""
+    parts = [p for p in map(read_test_outputs, runs) if p is not None and "probs" in p]
     if not parts:
         return None
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return np.concatenate([p["probs"] for p in parts]), np.concatenate([p["labels"] for p in parts])
 
 
 def reliability_diagrams(comparison, task: str) -> Figure | None:

@@ -111,9 +111,10 @@ def _added_keys(overrides: list[str], parsed) -> list[tuple[str, str]]:
     return out
 
 
-def check_command_line(argv: Sequence[str]) -> int:
+def check_command_line(argv: Sequence[str], machine: bool = True) -> int:
     """Compose and validate every configuration the command line asks for; return how many were checked.
-    Raises ConfigError with one line on the first problem."""
+    Raises ConfigError with one line on the first problem. `machine=False` leaves out what depends on this
+    machine (the device, the data), as for jobs that Slurm runs elsewhere."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException, OverrideParseException
 
@@ -143,7 +144,7 @@ def check_command_line(argv: Sequence[str]) -> int:
 
     base = [values[0] for values in choices]
     # Jobs that a launcher sends to other machines (Slurm) find their device and data there, not here.
-    on_this_machine = not any(a.startswith("hydra/launcher=") and "slurm" in a for a in args)
+    on_this_machine = machine and not any(a.startswith("hydra/launcher=") and "slurm" in a for a in args)
     added = _added_keys(base, OverridesParser.create().parse_overrides(base)) if base else []
     if added:  # a key the config does not define is read by nothing: refuse it
         plain = [o for o in base if o not in {text for text, _ in added}]

@@ -20,12 +20,19 @@ from regbench.fileio import write_atomic, write_csv_atomic, write_json_atomic
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
-TEST_OUTPUTS_FILE = "test_outputs.npz"  # classification: probs (float32, N x C) and labels (int64, N) of test
+# The final model's test predictions, what `regbench ensemble` averages; "kind" says which arrays it holds:
+#   classification: probs (float32, N x C), labels (int64, N), in the test set's order
+#   tagging: probs (float32, tokens x tags: CRF marginals or the softmax), labels (int64, tokens), lengths
+#            (int64, sentences; tokens in sentence order), tag_names (str, tags), span (bool: score chunk F1)
+#   ranking: scores (float32, test users x items; -inf on the user's train and validation items), relevant
+#            (int64, pairs x 2: row in scores, item), ks (int64)
+TEST_OUTPUTS_FILE = "test_outputs.npz"
 
 # Config keys that never change what a run computes: where outputs and caches go, how progress is
 # shown, how often state is saved. A run's id leaves them out and compare never groups by them.
 COSMETIC_KEYS = ("paths.output_dir", "paths.cache_dir", "trainer.progress", "trainer.threads",
-                 "trainer.save_checkpoint", "trainer.resume", "trainer.checkpoint_every")
+                 "trainer.save_checkpoint", "trainer.resume", "trainer.checkpoint_every", "trainer.test_outputs",
+                 "trainer.test_outputs_max_mb", "logger")
 # Keys added after runs were first recorded, at the value that keeps the earlier behaviour. A run with
 # such a key at that value is the run it always was: checkpoints.identity leaves the key out (the run
 # id stays what it was) and compare reads a record without the key as having that value.
@@ -60,7 +67,7 @@ STATUSES = tuple(s.value for s in Status)  # completed first: compare lists the 
 
 @dataclass
 class RunRecord:
-    """metrics.json, key by key, in the order they are written. README's "The run record" says what each means."""
+    """metrics.json, key by key, in the order they are written. docs/run-record.md says what each means."""
 
     status: Status = Status.RUNNING
     task: str | None = None
@@ -169,16 +176,22 @@ def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def write_test_outputs(run_dir: Path, probs: np.ndarray, labels: np.ndarray) -> None:
-    """test_outputs.npz, atomically: any tool can recompute accuracy, NLL and ECE from it."""
-    write_atomic(Path(run_dir) / TEST_OUTPUTS_FILE,
-                 lambda fh: np.savez(fh, probs=probs.astype(np.float32), labels=labels.astype(np.int64)))
+def write_test_outputs(run_dir: Path, outputs: Mapping[str, Any]) -> None:
+    """test_outputs.npz, atomically: any tool can recompute the test metrics from it (see TEST_OUTPUTS_FILE)."""
+    write_atomic(Path(run_dir) / TEST_OUTPUTS_FILE, lambda fh: np.savez(fh, **outputs))
 
 
-def read_test_outputs(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """(probs, labels) of a run's test_outputs.npz, or None when the run has none."""
+def read_test_outputs(run_dir: Path) -> dict[str, Any] | None:
+    """The arrays of a run's test_outputs.npz with "kind" as a str, or None when the run has none. Files
+    from before the kinds existed are classification outputs."""
     path = Path(run_dir) / TEST_OUTPUTS_FILE
     if not path.is_file():
         return None
-    stored = np.load(path)
-    return stored["probs"], stored["labels"]
+    with np.load(path) as stored:
+        outputs = {key: stored[key] for key in stored.files}
+    outputs["kind"] = str(outputs.get("kind", "classification"))
+    return outputs
+
+
+def classification_outputs(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    return {"kind": "classification", "probs": probs.astype(np.float32), "labels": labels.astype(np.int64)}

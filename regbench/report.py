@@ -109,6 +109,11 @@ def render(comparison, plot_files: list[Path], notes: list[str] = ()) -> str:
               f'<div class="scroll">{comparison.table.to_html(index=False, border=0, escape=True)}</div>',
               "<details><summary>Every column (std, min–max, rank, costs)</summary><div class=\"scroll\">",
               comparison.wide_table.to_html(index=False, border=0, escape=True), "</div></details>"]
+    parts += ["<h2>Findings</h2>"]
+    for task, sentences in comparison.findings.items():
+        if task and len(comparison.findings) > 1:
+            parts.append(f"<h3>{html.escape(task)}</h3>")
+        parts.append("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in sentences) + "</ul>")
     parts += ["<h2>Plots</h2>"] + [_image(p) for p in plot_files if p.suffix == ".png"]
     parts += [f'<p class="note">{html.escape(note)}</p>' for note in notes]
     columns = [c for c in ("run_dir", "status", *comparison.keys, "seed", "best_epoch", "epochs_run", "train_time_s",

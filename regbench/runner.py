@@ -14,14 +14,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from regbench import checkpoints, complexity, distributed, gradients, loop
+from regbench import checkpoints, complexity, distributed, gradients, loop, tracking
 from regbench.compression import compression_results
 from regbench.provenance import git_state, host, versions
 from regbench.errors import RegbenchError
-from regbench.record import RecordWriter, RunRecord, Status
+from regbench.record import RecordWriter, RunRecord, Status, write_test_outputs
 from regbench.regimen import Regimen
 from regbench.validation import validate
 
@@ -47,8 +48,10 @@ class Run(loop.FitHooks):
     """One training run: build everything from the config, train, evaluate, write the record."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, overrides: dict[str, str] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, in_sweep: bool = False) -> None:
         self.cfg = cfg
+        self.in_sweep = in_sweep  # a multirun's job: logger=mlflow leaves MLflow to the end of the sweep
+        self.trackers: list[tracking.EpochLogger] = []
         self.threads = threads or cfg.trainer.threads or None  # None: PyTorch's default
         self.run_dir = Path(run_dir)
         self.ranks = distributed.from_environment()  # several under torchrun; only rank 0 writes files
@@ -133,6 +136,10 @@ class Run(loop.FitHooks):
         self.writer.write(self.record)
         if Status(self.record.status).final and self.ranks.is_main:
             checkpoints.forget_last(self.run_dir)
+        for tracker in self.trackers:
+            tracking.safely(f"logger={self.cfg.logger.name} at the end of the run", tracker.finish,
+                            self.record.to_dict())
+        self.trackers = []
 
     @contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
@@ -180,6 +187,9 @@ class Run(loop.FitHooks):
         every = self.cfg.trainer.checkpoint_every
         if every and (state.epoch % every == 0 or state.stopped) and self.ranks.is_main:
             checkpoints.save_last(self.run_dir, self.cfg, self.record.run_id, self.training, state)
+        for tracker in self.trackers:  # after the checkpoint: a resumed run never logs an epoch twice
+            tracking.safely(f"logger={self.cfg.logger.name} at epoch {state.epoch}", tracker.log_epoch,
+                            state.history[-1])
 
     # -- the run -------------------------------------------------------------------------------------
     def _build(self) -> tuple:
@@ -225,6 +235,7 @@ class Run(loop.FitHooks):
             record.eval_time_s = round(record.eval_time_s + time.perf_counter() - t1, 3)
             record.gap = record.train[task.primary_metric] - record.test[task.primary_metric]
             task.write_outputs(self.run_dir)
+            self._write_test_outputs(task)
             ccfg = cfg.trainer.compression
             if ccfg.prune or ccfg.int8:  # after write_outputs: test_outputs.npz is the uncompressed model's
                 t1 = time.perf_counter()
@@ -246,6 +257,17 @@ class Run(loop.FitHooks):
             record.status = Status.COMPLETED
         record.peak_memory_bytes, record.peak_memory_kind = complexity.peak_memory(device)
 
+    def _write_test_outputs(self, task) -> None:
+        outputs = task.test_outputs() if self.cfg.trainer.test_outputs else None
+        if outputs is None:
+            return
+        size_mb = sum(np.asarray(v).nbytes for v in outputs.values()) / 2**20
+        if size_mb > self.cfg.trainer.test_outputs_max_mb:
+            log.warning("test_outputs.npz not written: it would be %.0f MB, over trainer.test_outputs_max_mb=%s",
+                        size_mb, self.cfg.trainer.test_outputs_max_mb)
+            return
+        write_test_outputs(self.run_dir, outputs)
+
     def _fit(self, task, model, regimen: Regimen, generator: torch.Generator,
              resume_from: Path | None) -> dict[str, torch.Tensor] | None:
         """Train with validation after every epoch (resuming from `resume_from` when given); returns the
@@ -264,6 +286,8 @@ class Run(loop.FitHooks):
             moved = resume_from.parent != self.run_dir / checkpoints.CHECKPOINT_DIR
             if state.best_state is not None and cfg.trainer.save_checkpoint and moved and self.ranks.is_main:
                 checkpoints.save_best(self.run_dir, cfg, state)
+        if self.ranks.is_main:
+            self.trackers = tracking.live_loggers(cfg, self.run_dir, state.epoch, record.to_dict(), self.in_sweep)
         state = loop.fit(training, state, self)
         self.history = state.history
         record.epochs_run, record.train_time_s, record.eval_time_s = state.epoch, state.train_time_s, \
@@ -277,7 +301,7 @@ class Run(loop.FitHooks):
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: dict[str, str] | None = None,
-        threads: int | None = None) -> dict[str, Any]:
+        threads: int | None = None, in_sweep: bool = False) -> dict[str, Any]:
     """Train one configuration and write its record into run_dir; return metrics.json's content.
     `threads` (torch CPU threads) overrides trainer.threads; the CLI derives it from the launcher."""
-    return Run(cfg, run_dir, overrides, threads).execute()
+    return Run(cfg, run_dir, overrides, threads, in_sweep).execute()

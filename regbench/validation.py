@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from regbench import checks
+from regbench import checks, tracking
 from regbench.errors import ConfigError
 from regbench.models import RESIDUAL_MODELS, is_custom, model_factory, model_target, model_validator
 from regbench.optim import OPTIMIZERS, SCHEDULES
@@ -39,6 +39,7 @@ def validate(cfg: DictConfig, machine: bool = True) -> Regimen:
         checks.number(cfg, "schedule.min_lr_ratio", low=0, high=1)
 
     _check_trainer(cfg)
+    tracking.check_config(cfg)
     for key in ("limit_train", "limit_eval"):  # the image and tagging tasks' size limits
         if key in cfg.data:
             checks.number(cfg, f"data.{key}", low=1, integer=True, allow_none=True)
@@ -100,9 +101,10 @@ def _check_trainer(cfg: DictConfig) -> None:
     checks.number(cfg, "trainer.early_stopping.patience", low=0, integer=True)
     checks.number(cfg, "trainer.threads", low=0, integer=True)
     checks.choice(cfg, "trainer.precision", PRECISIONS)
-    for key in ("progress", "compile", "save_checkpoint", "resume", "gradients.per_layer"):
+    for key in ("progress", "compile", "save_checkpoint", "resume", "gradients.per_layer", "test_outputs"):
         checks.boolean(cfg, f"trainer.{key}")
     checks.number(cfg, "trainer.checkpoint_every", low=0, integer=True)
+    checks.number(cfg, "trainer.test_outputs_max_mb", low=0)
     checks.number(cfg, "trainer.gradients.vanishing_below", low=0)
     checks.number(cfg, "trainer.gradients.exploding_above", low=0, low_open=True)
     fractions = checks.plain(checks.get(cfg, "trainer.compression.prune"))

@@ -84,3 +84,60 @@ def test_real_runs_of_two_seeds_ensemble(small_run, tmp_path):
     assert row["n_members"] == 2
     assert row["member_mean.accuracy"] == pytest.approx(np.mean([r["test"]["accuracy"] for r in records]))
     assert row["member_mean.ece"] == pytest.approx(np.mean([r["test"]["ece"] for r in records]), rel=1e-5)
+
+
+def test_a_softmax_taggers_stored_outputs_reproduce_its_f1_and_two_seeds_ensemble(small_run, tmp_path):
+    # without a CRF the per-token argmax is the tagger's own decoding, so scoring the stored
+    # probabilities gives back the record's test F1 exactly
+    records = [small_run("conll", "model.crf=false", f"seed={seed}", name=f"s{seed}")[0] for seed in (0, 1)]
+    outputs = np.load(tmp_path / "s0" / "test_outputs.npz")
+    assert str(outputs["kind"]) == "tagging"
+    assert outputs["probs"].shape == (outputs["lengths"].sum(), len(outputs["tag_names"]))
+    np.testing.assert_allclose(outputs["probs"].sum(1), 1.0, rtol=1e-5)
+    table = ensemble([tmp_path / "s0", tmp_path / "s1"])
+    row = table.table.iloc[0]
+    assert table.metrics[0] == "f1" and row["n_members"] == 2
+    assert row["member_mean.f1"] == pytest.approx(np.mean([r["test"]["f1"] for r in records]), abs=1e-12)
+    assert row["member_mean.nll"] == pytest.approx(np.mean([r["test"]["nll"] for r in records]), rel=1e-5)
+    assert 0 <= row["ensemble.f1"] <= 1
+
+
+def test_crf_marginals_of_identical_taggers_ensemble_to_the_member(small_run, tmp_path):
+    small_run("conll", "seed=0", name="a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # the same run twice: a second "seed" with equal outputs
+    record = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    record["config"]["seed"] = 1
+    (tmp_path / "b" / "metrics.json").write_text(json.dumps(record))
+    row = ensemble([tmp_path / "a", tmp_path / "b"], by=["regularizer"]).table.iloc[0]
+    for metric in ("f1", "accuracy", "nll", "ece"):
+        assert row[f"ensemble.{metric}"] == pytest.approx(row[f"member_mean.{metric}"], abs=1e-9)
+
+
+def test_movielens_score_matrices_reproduce_the_run_and_ensemble(small_run, tmp_path):
+    records = [small_run("movielens", f"seed={seed}", name=f"s{seed}")[0] for seed in (0, 1)]
+    outputs = np.load(tmp_path / "s0" / "test_outputs.npz")
+    assert str(outputs["kind"]) == "ranking" and outputs["scores"].shape[0] == records[0]["test"]["users"]
+    result = ensemble([tmp_path / "s0", tmp_path / "s1"])
+    row = result.table.iloc[0]
+    assert result.metrics[0] == "ndcg@10"
+    for metric in ("ndcg@10", "recall@20", "mrr@10"):
+        assert row[f"member_mean.{metric}"] == pytest.approx(np.mean([r["test"][metric] for r in records]), rel=1e-6)
+    # averaging two matrices, by hand: the mean scores' top 10 against the stored relevant items
+    other = np.load(tmp_path / "s1" / "test_outputs.npz")
+    mean = (outputs["scores"].astype(np.float64) + other["scores"]) / 2
+    relevant = np.zeros(mean.shape, bool)
+    relevant[outputs["relevant"][:, 0], outputs["relevant"][:, 1]] = True
+    top = np.argsort(-mean, axis=1, kind="stable")[:, :10]
+    hits = np.take_along_axis(relevant, top, 1)
+    ideal = [sum(1 / np.log2(np.arange(2, min(r, 10) + 2))) for r in relevant.sum(1)]
+    ndcg = (hits / np.log2(np.arange(2, 12))).sum(1) / ideal
+    assert row["ensemble.ndcg@10"] == pytest.approx(ndcg.mean(), rel=1e-6)
+
+
+def test_outputs_can_be_turned_off_or_capped_and_then_ensemble_says_so(small_run, tmp_path):
+    small_run("movielens", "trainer.test_outputs_max_mb=0.001", name="capped")
+    small_run("cifar10", "trainer.test_outputs=false", name="off")
+    assert not (tmp_path / "capped" / "test_outputs.npz").exists()
+    assert not (tmp_path / "off" / "test_outputs.npz").exists()
+    with pytest.raises(CompareError, match="trainer.test_outputs=true"):
+        ensemble([tmp_path / "capped"])

@@ -88,11 +88,14 @@ def submitted_jobs(sweep: Path) -> set[str]:
 def test_a_grid_runs_as_a_slurm_job_array_and_every_record_lands(tiny_data_dir, tmp_path, cli_env):
     sweep = tmp_path / "sweep"
     # Jobs 0 and 2 train 6 epochs, 1 and 3 one: with two CPUs the jobs end in another order than they start.
+    # logger=mlflow: the jobs write nothing to MLflow; the process that launched the grid exports it at the end
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = ["-m", *SLURM, *tiny_overrides(tiny_data_dir, tmp_path / "cache"), f"hydra.sweep.dir={sweep}",
-               "regularizer=none,bn", "trainer.max_epochs=6,1"]
+               "regularizer=none,bn", "trainer.max_epochs=6,1", "logger=mlflow", f"logger.tracking_uri={uri}"]
     result = subprocess.run([sys.executable, "-m", "regbench", *command], env=cli_env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "MLflow: 4 runs added, 0 updated" in result.stdout
 
     jobs = submitted_jobs(sweep)
     assert len(jobs) == 1, jobs  # one sbatch job array
@@ -111,6 +114,11 @@ def test_a_grid_runs_as_a_slurm_job_array_and_every_record_lands(tiny_data_dir, 
     assert set(table["status"]) == {"completed"}
     summary = pd.read_csv(sweep / "summary.csv")
     assert len(summary) == 4 and set(summary["n"]) == {1}, (finished, summary)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("regbench").experiment_id])
+    assert sorted(r.data.tags["regbench.run_id"] for r in runs) == sorted(r["run_id"] for r in records.values())
 
 def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes(tiny_data_dir, tmp_path, cli_env):
     """SIGUSR2 is what Slurm sends `signal_delay_s` before the time limit (and on pre-emption):

@@ -37,7 +37,7 @@ def model_target(cfg: DictConfig) -> str:
     """model._target_, refused in one line when model=custom left it unset."""
     if OmegaConf.is_missing(cfg.model, "_target_"):
         raise ConfigError("model=custom needs model._target_=PACKAGE.MODULE.CALLABLE: the function or class that "
-                          "builds your model (README, Your own model and data)")
+                          "builds your model (docs/own-model.md)")
     target = cfg.model.get("_target_")
     if not target:
         raise ConfigError("model._target_ is not set: name the callable that builds the model, e.g. "

@@ -13,8 +13,8 @@ from regbench.tasks.base import Task
 
 def task_class(cfg: DictConfig) -> type[Task]:
     if OmegaConf.is_missing(cfg.task, "_target_"):
-        raise ConfigError("task=custom needs task._target_=PACKAGE.MODULE.CLASS: your Task subclass (README, Your "
-                          "own model and data)")
+        raise ConfigError("task=custom needs task._target_=PACKAGE.MODULE.CLASS: your Task subclass "
+                          "(docs/own-model.md)")
     target = cfg.task.get("_target_")
     if not target:
         raise ConfigError("task._target_ is not set: name a Task subclass, e.g. task._target_=my_pkg.MyTask")

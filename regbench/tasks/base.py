@@ -110,6 +110,11 @@ class Task(ABC):
     def write_outputs(self, run_dir: Path) -> None:
         """Write task-specific files (e.g. predictions) after the final test evaluation."""
 
+    def test_outputs(self) -> dict[str, Any] | None:
+        """The arrays of test_outputs.npz (record.TEST_OUTPUTS_FILE documents each kind) from the last
+        evaluate(model, "test"), or None when the task keeps none; the runner writes them."""
+        return None
+
     def data_summary(self) -> dict[str, Any]:
         """Sizes of the splits and where the data came from, for the run record."""
         return {}

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from regbench import checks, mixing
 from regbench.calibration import CalibrationSums
 from regbench.errors import ConfigError
-from regbench.record import write_test_outputs
+from regbench.record import classification_outputs
 from regbench.regimen import Regimen
 from regbench.tasks import image_augment
 from regbench.tasks.base import Task
@@ -82,7 +82,7 @@ class ImageClassificationTask(Task):
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         super().__init__(cfg, device)
-        self.test_outputs: tuple[np.ndarray, np.ndarray] | None = None  # set by evaluate(model, "test")
+        self._test_outputs: dict[str, Any] | None = None  # set by evaluate(model, "test")
         dcfg = cfg.data
         arrays = self.load_arrays()
         self.source, self.classes = arrays.source, list(arrays.classes)
@@ -212,14 +212,14 @@ class ImageClassificationTask(Task):
             if split == "test":
                 test_probs.append(probs)
         if split == "test":  # test_outputs.npz: the final model's test probabilities, in the test set's order
-            self.test_outputs = (torch.cat(test_probs).cpu().numpy() if test_probs else
-                                 np.zeros((0, self.num_classes), np.float32), labels.cpu().numpy())
+            self._test_outputs = classification_outputs(
+                torch.cat(test_probs).cpu().numpy() if test_probs else np.zeros((0, self.num_classes), np.float32),
+                labels.cpu().numpy())
         n = max(1, len(labels))
         return {"loss": loss_sum.item() / n, "accuracy": correct.item() / n, **calibration.result()}
 
-    def write_outputs(self, run_dir: Path) -> None:
-        if self.test_outputs is not None:
-            write_test_outputs(run_dir, *self.test_outputs)
+    def test_outputs(self) -> dict[str, Any] | None:
+        return self._test_outputs
 
     def example_input(self) -> Tensor:
         return self._normalise(self.splits["train"][0][:1].float().div_(255.0))

@@ -7,6 +7,7 @@ every item, with the items the user already interacted with in earlier splits ma
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ FIRST_YEAR, LAST_YEAR = 1900, 2030        # release decades coded 1.. from FIRST
 N_DECADES = (LAST_YEAR - FIRST_YEAR) // 10 + 1
 NEGATIVE_RESAMPLE_ROUNDS = 10
 SPLIT_DIR = "split"
+log = logging.getLogger(__name__)
 
 
 class MovieLensTask(Task):
@@ -109,6 +111,7 @@ class MovieLensTask(Task):
         # host read, which on a GPU stalls every step for longer than the remaining rounds take.
         self.stop_sampling_early = device.type == "cpu"
         self.topk: tuple[Tensor, Tensor, Tensor] | None = None
+        self._test_outputs: dict[str, Any] | None = None  # set by evaluate(model, "test") when kept
 
     # -- features ------------------------------------------------------------------------------
     def _user_features(self) -> tuple[list[int], Tensor]:
@@ -234,7 +237,8 @@ class MovieLensTask(Task):
         n_scored = 0
         loss_sum, loss_count = torch.zeros((), device=self.device), 0
         keep_topk = split == "test"
-        topk_items, topk_scores = [], []
+        keep_scores = keep_topk and self._keeps_test_scores()
+        topk_items, topk_scores, kept_scores, kept_relevant = [], [], [], []
         chunk = self.cfg.trainer.eval_batch_size
         for lo in range(0, n_users, chunk):
             hi = min(lo + chunk, n_users)
@@ -253,16 +257,39 @@ class MovieLensTask(Task):
             per_user = ranking.per_user_metrics(relevant.gather(1, top)[has], n_relevant[has], self.ks)
             for key, values in per_user.items():
                 sums[key] = sums.get(key, 0) + values.sum()
+            if keep_scores:
+                kept_scores.append(scores[has].cpu())
+                kept_relevant.append(relevant[has].nonzero().cpu() + torch.tensor([n_scored, 0]))
             n_scored += int(has.sum())
             if keep_topk:
                 topk_items.append(top)
                 topk_scores.append(scores.gather(1, top))
         if keep_topk:
             self.topk = (torch.arange(n_users), torch.cat(topk_items).cpu(), torch.cat(topk_scores).cpu())
+        if keep_scores:
+            self._test_outputs = {"kind": "ranking", "scores": torch.cat(kept_scores).numpy().astype(np.float32),
+                                  "relevant": torch.cat(kept_relevant).numpy().astype(np.int64),
+                                  "ks": np.asarray(self.ks, np.int64)}
         result: dict[str, Any] = {k: float(v) / max(1, n_scored) for k, v in sums.items()}
         result["loss"] = float(loss_sum) / max(1, loss_count)
         result["users"] = n_scored
         return result
+
+    def _keeps_test_scores(self) -> bool:
+        """Whether the test users x items score matrix goes to test_outputs.npz. 943 x 1,682 float32 on
+        ml-100k is 6 MB; ml-1m's is 90 MB and ml-20m's 14.8 GB, so above trainer.test_outputs_max_mb it is
+        not even gathered (an ensemble of such runs would need each member's top items instead)."""
+        t = self.cfg.trainer
+        n_test_users = len(torch.unique(self.pairs["test"][0]))
+        size_mb = n_test_users * self.n_items * 4 / 2**20
+        if t.test_outputs and size_mb > t.test_outputs_max_mb:
+            log.warning("test_outputs.npz not written: the test score matrix (%d users x %d items) would be %.0f MB, "
+                        "over trainer.test_outputs_max_mb=%s", n_test_users, self.n_items, size_mb,
+                        t.test_outputs_max_mb)
+        return bool(t.test_outputs) and size_mb <= t.test_outputs_max_mb
+
+    def test_outputs(self) -> dict[str, Any] | None:
+        return self._test_outputs
 
     def example_input(self) -> tuple[Tensor, ...]:
         users, items = self.pairs["train"]

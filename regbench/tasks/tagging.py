@@ -228,6 +228,7 @@ class TaggingTask(Task):
         self.singleton_unk = float(cfg.model.get("singleton_unk", 0.0))
         self.singleton_ids = torch.from_numpy(self.vocab.singleton_ids).to(device)
         self.predictions: dict[str, list[list[str]]] = {}
+        self._test_outputs: dict[str, Any] | None = None  # set by evaluate(model, "test")
 
     def model_inputs(self) -> dict[str, Any]:
         return {"num_words": len(self.vocab.words) + 2, "num_chars": len(self.vocab.chars) + 2,
@@ -288,7 +289,7 @@ class TaggingTask(Task):
         bs = self.cfg.trainer.eval_batch_size
         loss_sum = torch.zeros((), device=self.device)
         calibration = CalibrationSums(self.device)
-        decoded = []
+        decoded, kept = [], []
         for rows, batch in data.batches([order[i:i + bs] for i in range(0, n, bs)]):
             # everything stays on the device until the whole split is decoded
             emissions = model(*(batch[k] for k in MODEL_INPUTS))
@@ -296,6 +297,10 @@ class TaggingTask(Task):
             decoded.append((rows, model.decode(emissions, batch["mask"])))
             probs = model.token_probs(emissions, batch["mask"])  # token-level: CRF marginals or the softmax
             calibration.add(probs.flatten(0, 1), batch["tags"].flatten(), batch["mask"].flatten())
+            if split == "test":
+                kept.append((rows, probs, batch["tags"]))
+        if split == "test":
+            self._test_outputs = self._token_outputs(kept, data.lengths[:n])
         predicted: list[list[str]] = [[] for _ in range(n)]
         for rows, best in decoded:
             best = best.cpu().numpy()
@@ -312,6 +317,21 @@ class TaggingTask(Task):
         else:
             result["accuracy"] = metrics.token_accuracy(gold, predicted)
         return result
+
+    def _token_outputs(self, kept: list[tuple[np.ndarray, Tensor, Tensor]], lengths: np.ndarray) -> dict[str, Any]:
+        """test_outputs.npz for tagging: each token's tag probabilities and gold tag, sentences in test order."""
+        probs: list[np.ndarray] = [np.zeros((0, len(self.vocab.tag_names)), np.float32)] * len(lengths)
+        labels: list[np.ndarray] = [np.zeros(0, np.int64)] * len(lengths)
+        for rows, batch_probs, batch_tags in kept:
+            batch_probs, batch_tags = batch_probs.float().cpu().numpy(), batch_tags.cpu().numpy()
+            for row, i in enumerate(rows):
+                probs[i], labels[i] = batch_probs[row, : lengths[i]], batch_tags[row, : lengths[i]]
+        return {"kind": "tagging", "probs": np.concatenate(probs).astype(np.float32),
+                "labels": np.concatenate(labels).astype(np.int64), "lengths": np.asarray(lengths, np.int64),
+                "tag_names": np.asarray(self.vocab.tag_names, dtype=str), "span": np.bool_(self.span)}
+
+    def test_outputs(self) -> dict[str, Any] | None:
+        return self._test_outputs
 
     def example_input(self) -> tuple[Tensor, ...]:
         data = self.on_device["train"]

@@ -1,0 +1,131 @@
+"""Statistics over many comparisons: the Holm adjustment against hand-computed values, percentile
+bootstrap intervals, and the findings' rules on constructed records (never an effect at adjusted p > 0.05
+or n < 2)."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from regbench.compare import bootstrap_interval, compare, holm
+from test_compare import make_sweep
+
+
+def test_holm_matches_a_hand_computation():
+    # sorted: 0.01 x 4 = 0.04; 0.02 x 3 = 0.06; 0.03 x 2 = 0.06; 0.5 x 1 = 0.5 (monotone: max with the previous)
+    assert holm([0.03, 0.01, 0.5, 0.02]) == pytest.approx([0.06, 0.04, 0.5, 0.06])
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.4, 0.3]) == pytest.approx([0.6, 0.6])
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])           # capped at 1
+    adjusted = holm([0.01, math.nan, 0.02])                          # an untested comparison is not counted
+    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
+
+
+def test_compare_adjusts_over_each_tasks_comparisons_against_the_baseline(tmp_path):
+    values = {"none": [0.80, 0.82, 0.84], "bn": [0.85, 0.88, 0.86], "dropout": [0.81, 0.84, 0.84],
+              "bn_dropout": [0.90, 0.93, 0.95]}
+    summary = compare([make_sweep(tmp_path / "s", values)]).summary.set_index("regularizer")
+    raw = {name: stats.ttest_rel(values[name], values["none"]).pvalue for name in ("bn", "dropout", "bn_dropout")}
+    expected = dict(zip(raw, holm(list(raw.values()))))
+    for name, p in expected.items():
+        assert summary.loc[name, "p_value"] == pytest.approx(raw[name])
+        assert summary.loc[name, "p_holm"] == pytest.approx(p)
+    assert math.isnan(summary.loc["none", "p_holm"])
+
+
+def test_bootstrap_intervals_are_percentiles_of_resampled_means():
+    x = [0.80, 0.82, 0.84, 0.90, 0.70, 0.85, 0.81, 0.79, 0.88, 0.83]
+    low, high = bootstrap_interval([x], 20000)
+    rng = np.random.default_rng(1)
+    means = rng.choice(x, size=(20000, len(x))).mean(1)
+    assert low == pytest.approx(np.percentile(means, 2.5), abs=0.003)
+    assert high == pytest.approx(np.percentile(means, 97.5), abs=0.003)
+    paired = bootstrap_interval([[1.0, 2.0, 3.0], [0.0, 1.0, 1.0]], 5000, paired=True)
+    assert paired[0] >= 1.0 - 1e-12 and paired[1] <= 2.0 + 1e-12           # within the per-seed differences' range
+    assert all(math.isnan(v) for v in bootstrap_interval([[0.5]], 1000))   # one value: no interval
+
+
+def test_findings_state_effects_only_at_adjusted_p_below_005_with_two_runs(tmp_path):
+    values = {"none": [0.80, 0.82, 0.84], "bn_dropout": [0.90, 0.93, 0.95],  # a clear effect
+              "bn": [0.79, 0.84, 0.83],                                        # noise
+              "dropout": [0.70, 0.71, 0.735]}                                  # clearly worse
+    comparison = compare([make_sweep(tmp_path / "s", values)])
+    sentences = comparison.findings["cifar10"]
+    summary = comparison.summary.set_index("regularizer")
+    assert summary.loc["bn_dropout", "p_holm"] <= 0.05 and summary.loc["bn", "p_holm"] > 0.05
+    by_name = {s.split(":")[0]: s for s in sentences}
+    delta = (np.mean(values["bn_dropout"]) - np.mean(values["none"])) * 100
+    assert by_name["bn_dropout"].startswith(f"bn_dropout: +{delta:.1f} accuracy points over none, better (95% CI")
+    assert f"Holm-adjusted p = {summary.loc['bn_dropout', 'p_holm']:.3f}, n = 3 paired seeds" in by_name["bn_dropout"]
+    assert by_name["bn"].startswith("bn: no evidence of a difference from none (")
+    assert "under none, worse" in by_name["dropout"]
+    assert sentences[0].startswith("highest mean accuracy: bn_dropout")
+    text = comparison.text()
+    assert "Findings:" in text and "p (Holm)" in text
+
+
+def test_findings_never_claim_an_effect_from_one_run_and_say_when_nothing_varies(tmp_path):
+    values = {"none": [0.80], "bn": [0.95]}  # a big difference, but one run each
+    sentences = compare([make_sweep(tmp_path / "one", values)]).findings["cifar10"]
+    assert any(s.startswith("bn: too few runs to test against none (n = 1 and 1") for s in sentences)
+    assert not any("better" in s or "worse" in s for s in sentences)
+    same = compare([make_sweep(tmp_path / "same", {"none": [0.8, 0.9], "bn": [0.8, 0.9]})]).findings["cifar10"]
+    assert any(s.startswith("bn: the same result as none on every seed") for s in same)
+
+
+def test_lower_is_better_metrics_say_better_when_lower(tmp_path):
+    sweep = make_sweep(tmp_path / "s", {"none": [0.80, 0.82, 0.84], "bn": [0.90, 0.93, 0.95]})
+    comparison = compare([sweep], metric="test.loss")  # every loss is 1.0 in these records: no spread
+    assert any("no spread, so no test" in s for s in comparison.findings["cifar10"])
+
+
+@pytest.mark.integration
+def test_compare_command_writes_findings_p_holm_and_bootstrap(tmp_path):
+    sweep = make_sweep(tmp_path / "s", {"none": [0.80, 0.82, 0.84, 0.81], "bn": [0.85, 0.88, 0.86, 0.90]})
+    (sweep / "results.csv").write_text("status\n")
+    result = subprocess.run([sys.executable, "-m", "regbench", "compare", str(sweep), "--bootstrap", "2000"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "95% bootstrap CI (2000)" in result.stdout and "Findings:" in result.stdout
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert {"p_holm", "boot_ci_low", "boot_ci_high", "delta_boot_low", "delta_boot_high"} <= set(summary.columns)
+    markdown = (sweep / "summary.md").read_text()
+    assert "## Findings" in markdown and "p (Holm)" in markdown
+    bad = subprocess.run([sys.executable, "-m", "regbench", "compare", str(sweep), "--bootstrap", "-5"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_difference_significant_only_before_the_adjustment_is_not_an_effect(tmp_path):
+    # three comparisons; "ema" alone has p < 0.05 but not after multiplying by 3
+    values = {"dropout": [0.2950, 0.2870, 0.2970], "ema": [0.301, 0.2935, 0.300],
+              "bn": [0.31, 0.28, 0.309], "ln": [0.2999, 0.2950, 0.3018]}
+    comparison = compare([make_sweep(tmp_path / "s", values)], baseline="regularizer=dropout")
+    row = comparison.summary.set_index("regularizer").loc["ema"]
+    assert row["p_value"] <= 0.05 < row["p_holm"]
+    sentence = next(s for s in comparison.findings["cifar10"] if s.startswith("ema:"))
+    assert sentence.startswith("ema: no evidence of a difference from dropout at the 5% level: +")
+    assert f"p = {row['p_value']:.3f}), but Holm-adjusted over 3 comparisons p = {row['p_holm']:.3f}" in sentence
+    assert "better" not in sentence and "worse" not in sentence
+
+
+def test_calibration_errors_are_lower_is_better_whatever_the_primary_metric(tmp_path):
+    import json
+
+    sweep = make_sweep(tmp_path / "s", {"none": [0.80, 0.82, 0.84], "bn": [0.85, 0.88, 0.86]})
+    for i, ece in enumerate([0.10, 0.11, 0.12, 0.02, 0.03, 0.025]):  # bn: far better calibrated
+        record = json.loads((sweep / str(i) / "metrics.json").read_text())
+        record["test"]["ece"] = ece
+        (sweep / str(i) / "metrics.json").write_text(json.dumps(record))
+    comparison = compare([sweep], metric="test.ece")
+    summary = comparison.summary.set_index("regularizer")
+    assert not summary.loc["bn", "higher_is_better"] and summary.loc["bn", "rank"] == 1
+    sentences = comparison.findings["cifar10"]
+    assert sentences[0].startswith("lowest mean ECE: bn (0.0250")
+    assert any(s.startswith("bn: -0.0850 ECE under none, better") for s in sentences), sentences
+    assert compare([sweep]).summary.set_index("regularizer").loc["bn", "higher_is_better"]  # accuracy: higher
