@@ -29,7 +29,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> Non
     while not path.exists():
         assert process.poll() is None, process.communicate()
         assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
 def records(sweep: Path) -> dict[str, dict]:
@@ -47,13 +47,15 @@ def no_half_written_files(root: Path) -> None:
 
 
 def test_a_sweep_killed_mid_run_finishes_each_run_exactly_once_when_run_again(tiny_data_dir, tmp_path, cli_env):
-    grid = ["-m", "regularizer=none,bn_dropout,dropout", "trainer.max_epochs=3",
+    # 12 epochs: on tiny data an epoch can take tens of milliseconds, and job 1's last.pt must live long
+    # enough between its first and last epoch for the poll below to see it (3 epochs raced it ~1 in 4).
+    grid = ["-m", "regularizer=none,bn_dropout,dropout", "trainer.max_epochs=12",
             *tiny_overrides(tiny_data_dir, tmp_path / "cache")]
     sweep = tmp_path / "sweep"
     command = [*grid, f"hydra.sweep.dir={sweep}"]
 
     process = start(command, cli_env, tmp_path)
-    wait_for(sweep / "1" / "checkpoints" / "last.pt", process)  # job 1 is between epochs 1 and 3
+    wait_for(sweep / "1" / "checkpoints" / "last.pt", process)  # job 1 is between its first and last epoch
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     before = records(sweep)
