@@ -200,6 +200,7 @@ class ImageClassificationTask(Task):
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         calibration = CalibrationSums(self.device)
+        keep = split == "test" and bool(self.cfg.trainer.test_outputs)  # gathered only to be written
         test_probs = []
         for start in range(0, len(labels), bs):
             x = self._normalise(images[start:start + bs].float().div_(255.0))
@@ -209,9 +210,9 @@ class ImageClassificationTask(Task):
             correct += (logits.argmax(1) == y).sum()
             probs = logits.softmax(1)
             calibration.add(probs, y)
-            if split == "test":
+            if keep:
                 test_probs.append(probs)
-        if split == "test":  # test_outputs.npz: the final model's test probabilities, in the test set's order
+        if keep:  # test_outputs.npz: the final model's test probabilities, in the test set's order
             self._test_outputs = classification_outputs(
                 torch.cat(test_probs).cpu().numpy() if test_probs else np.zeros((0, self.num_classes), np.float32),
                 labels.cpu().numpy())

@@ -289,6 +289,7 @@ class TaggingTask(Task):
         bs = self.cfg.trainer.eval_batch_size
         loss_sum = torch.zeros((), device=self.device)
         calibration = CalibrationSums(self.device)
+        keep = split == "test" and bool(self.cfg.trainer.test_outputs)  # gathered only to be written
         decoded, kept = [], []
         for rows, batch in data.batches([order[i:i + bs] for i in range(0, n, bs)]):
             # everything stays on the device until the whole split is decoded
@@ -297,9 +298,9 @@ class TaggingTask(Task):
             decoded.append((rows, model.decode(emissions, batch["mask"])))
             probs = model.token_probs(emissions, batch["mask"])  # token-level: CRF marginals or the softmax
             calibration.add(probs.flatten(0, 1), batch["tags"].flatten(), batch["mask"].flatten())
-            if split == "test":
+            if keep:
                 kept.append((rows, probs, batch["tags"]))
-        if split == "test":
+        if keep:
             self._test_outputs = self._token_outputs(kept, data.lengths[:n])
         predicted: list[list[str]] = [[] for _ in range(n)]
         for rows, best in decoded:
