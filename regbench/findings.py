@@ -70,8 +70,11 @@ def task_findings(part: pd.DataFrame, keys: list[str]) -> list[str]:
             out.append(f"{name}: too few runs to test against {base} (n = {n} and {n_base}; a test needs 2 each)")
             continue
         if not math.isfinite(p_holm):
-            same = "the same result" if abs(delta) < 1e-12 else f"exactly {num(delta)}{unit} apart"
-            out.append(f"{name}: {same} as {base} on every seed ({n_text}): no spread, so no test")
+            if abs(delta) < 1e-12:
+                out.append(f"{name}: the same result as {base} on every seed ({n_text}): no spread, so no test")
+            else:
+                out.append(f"{name}: {num(delta)}{unit} {'over' if delta > 0 else 'under'} {base} on every seed, "
+                           f"the same difference each time ({n_text}): no spread, so no test")
             continue
         interval = f"95% CI {num(row['delta_ci_low'])} to {num(row['delta_ci_high'])}"
         if p_holm <= ALPHA:

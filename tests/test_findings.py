@@ -76,6 +76,9 @@ def test_findings_never_claim_an_effect_from_one_run_and_say_when_nothing_varies
     assert not any("better" in s or "worse" in s for s in sentences)
     same = compare([make_sweep(tmp_path / "same", {"none": [0.8, 0.9], "bn": [0.8, 0.9]})]).findings["cifar10"]
     assert any(s.startswith("bn: the same result as none on every seed") for s in same)
+    shifted = compare([make_sweep(tmp_path / "shifted", {"none": [0.8, 0.9], "bn": [0.803, 0.903]})]).findings["cifar10"]
+    assert any(s.startswith("bn: +0.3 accuracy points over none on every seed, the same difference each time "
+                            "(n = 2 paired seeds): no spread, so no test") for s in shifted)
 
 
 def test_lower_is_better_metrics_say_better_when_lower(tmp_path):
