@@ -156,6 +156,26 @@ def test_forward_loss_decode_shapes(compose_cfg, char, crf):
     assert decoded.shape == (2, 3) and decoded[1, 2] == 0
 
 
+
+@pytest.mark.parametrize("char", ["cnn", "lstm"])
+def test_a_bf16_autocast_step_on_the_cpu_runs_the_lstms_in_bf16(compose_cfg, char):
+    """Sentences (and words) of one length: PyTorch hands such a batch to oneDNN's LSTM, which under
+    CPU bf16 autocast rejects an fp32 input on CPUs without native bf16 (a CI machine's AVX2). The
+    tagger gives its LSTMs the autocast dtype, which every CPU runs."""
+    model = build_tagger(compose_cfg, f"model.char={char}", "regularizer=bn_dropout")
+    words = torch.tensor([[3, 4, 5], [6, 7, 8]])
+    mask = words != 0
+    chars = torch.randint(1, 20, (2, 3, 4))
+    seen = []
+    for lstm in [*model.lstms, *([model.char_encoder.lstm] if char == "lstm" else [])]:
+        lstm.register_forward_hook(lambda module, args, out: seen.append(args[0].data.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emissions = model(words, chars, torch.ones(2, 3, dtype=torch.long), mask)
+    loss = model.loss(emissions, torch.zeros(2, 3, dtype=torch.long), mask)
+    loss.backward()
+    assert seen == [torch.bfloat16] * (2 if char == "lstm" else 1)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and model.lstms[0].weight_ih_l0.grad is not None
+
 # -- real runs on tiny corpora -------------------------------------------------------------------
 
 def test_generic_conll_run_learns_and_writes_predictions(small_run, compose_cfg, tmp_path, tiny_corpus_dir):

@@ -67,6 +67,17 @@ class TokenNorm(nn.Module):
         return self.norm(x.reshape(b * t, f)).view(b, t, f)
 
 
+def autocast_input(x: Tensor) -> Tensor:
+    """`x` in the autocast dtype when autocast is on for its device, else unchanged.
+
+    An LSTM under CPU bf16 autocast with an fp32 input fails on CPUs without native bf16 (AVX2 only):
+    oneDNN "could not create a primitive descriptor for the LSTM forward propagation primitive". Given a
+    bf16 input it runs there too, and it is what autocast would compute on CPUs that have bf16 and on CUDA."""
+    if torch.is_autocast_enabled(x.device.type):
+        return x.to(torch.get_autocast_dtype(x.device.type))
+    return x
+
+
 class CharCNN(nn.Module):
     def __init__(self, num_chars: int, char_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -95,7 +106,7 @@ class CharLSTM(nn.Module):
         # copying an order from host to device (as pack_padded_sequence's own sorting would).
         order = torch.sort(on_device, descending=True, stable=True).indices
         ordered_lengths = torch.sort(lengths, descending=True, stable=True).values.clamp(min=1)
-        packed = pack_padded_sequence(self.embedding(chars.index_select(0, order)), ordered_lengths,
+        packed = pack_padded_sequence(autocast_input(self.embedding(chars.index_select(0, order))), ordered_lengths,
                                       batch_first=True)
         _, (h, _) = self.lstm(packed)
         states = torch.cat([h[0], h[1]], dim=1)
@@ -160,7 +171,7 @@ class BiLSTMTagger(nn.Module):
         if lengths is None:
             lengths = mask.sum(1).cpu()
         for i, lstm in enumerate(self.lstms, start=2):
-            packed = pack_padded_sequence(h, lengths, batch_first=True, enforce_sorted=longest_first)
+            packed = pack_padded_sequence(autocast_input(h), lengths, batch_first=True, enforce_sorted=longest_first)
             h, _ = pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=words.shape[1])
             h = self._regularize(i, h, mask, tokens)
         return self.output(h)
