@@ -378,8 +378,9 @@ def write_plots(comparison, out_dir: Path) -> Plots:
             out.files += _save(fig, out_dir / f"reliability_{task}")
     histories = run_histories(comparison.runs)
     if not histories:
-        out.notes.append("no history.csv of any run is at hand (a results.csv alone carries none): the learning "
-                         "curves and the gradient-flow plots are left out; give the sweep or run directories")
+        out.notes.append("no completed run's history.csv is at hand (curves are drawn for completed runs only, and "
+                         "a results.csv alone carries none): the learning curves and the gradient-flow plots are "
+                         "left out; give the sweep or run directories")
         return out
     out.files += _save(learning_curves(comparison, histories), out_dir / "learning_curves")
     for task in _tasks(comparison.summary):
