@@ -109,6 +109,13 @@ def make_ml100k_zip(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest tests first (those on real data, CIFAR-10's 2-3 minutes, and the study script's):
+    under pytest-xdist a long test that starts last keeps one worker busy while the other has nothing
+    left to do. The sort is stable: the rest keep their order."""
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, item.path.name != "test_study.py"))
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny-cifar")

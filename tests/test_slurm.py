@@ -20,7 +20,9 @@ import pytest
 
 from conftest import tiny_overrides
 
-pytestmark = pytest.mark.integration  # every test here starts processes
+# every test here starts processes; one worker runs them all, since they share the cluster that the
+# module's fixture starts and stops
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("slurm")]
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs pip install 'regbench[slurm]'")
 
