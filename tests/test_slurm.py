@@ -20,9 +20,9 @@ import pytest
 
 from conftest import tiny_overrides
 
-# every test here starts processes; one worker runs them all, since they share the cluster that the
-# module's fixture starts and stops
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("slurm")]
+# every test here starts processes (and one test worker runs them all: pyproject's --dist loadfile,
+# since they share the cluster that the module's fixture starts and stops)
+pytestmark = pytest.mark.integration
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs pip install 'regbench[slurm]'")
 
@@ -61,20 +61,23 @@ SLURM = ["hydra/launcher=slurm", "hydra.launcher.timeout_min=5", "hydra.launcher
          "hydra.launcher.signal_delay_s=15", "hydra.launcher.max_num_timeout=3"]
 
 
-def sacct(job: str, duplicates: bool = False) -> dict[str, list[str]]:
-    """{job id: [states]} for a job or job array, oldest attempt first."""
+def sacct(job: str, duplicates: bool = False) -> dict[str, list[str]] | str:
+    """{job id: [states]} for a job or job array, oldest attempt first; sacct's error when it fails
+    (slurmdbd can be slow to answer while the other test worker keeps both CPUs busy)."""
     cmd = ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", job] + (["--duplicates"] if duplicates else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        return f"sacct exit {result.returncode}: {result.stderr.strip()}"
     states: dict[str, list[str]] = {}
-    for line in out.split():
+    for line in result.stdout.split():
         job_id, state = line.split("|")
         states.setdefault(job_id, []).append(state.split()[0])
     return states
 
 
-def wait_for_accounting(job: str, expected: dict[str, list[str]], duplicates: bool = False) -> dict:
-    """slurmctld tells slurmdbd asynchronously: sacct may lag the sweep's end by a second or two."""
-    for _ in range(60):
+def wait_for_accounting(job: str, expected: dict[str, list[str]], duplicates: bool = False) -> dict | str:
+    """slurmctld tells slurmdbd asynchronously: sacct may lag the sweep's end, or fail for a while."""
+    for _ in range(120):
         states = sacct(job, duplicates)
         if states == expected:
             return states

@@ -13,9 +13,9 @@ import pytest
 
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "study.sh"
-# one worker runs both: the deadline test's runs must be training 50 s in, which a 15-run study on
-# the other worker (six processes at once) would put at risk on a slow 2-core machine
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("study")]
+# one test worker runs both (pyproject's --dist loadfile): the deadline test's runs must be training
+# 50 s in, which a 15-run study beside it (six processes at once) would put at risk on 2 slow cores
+pytestmark = pytest.mark.integration
 
 
 def study(tmp_path, data, env, *args) -> tuple[subprocess.CompletedProcess, Path]:
