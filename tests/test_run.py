@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -106,9 +108,6 @@ def test_failure_is_recorded_before_the_error_propagates(small_run, tmp_path, mo
 def test_the_recorded_torchvision_version_is_torchvisions_own_without_importing_it():
     """A tagging or MovieLens run never imports torchvision (2.7 s of torch._dynamo on a CPU), yet its
     record names the same version, local tag and all, as torchvision.__version__."""
-    import subprocess
-    import sys
-
     code = ("import sys; from regbench.provenance import versions; v = versions()['torchvision']; "
             "print('torchvision' in sys.modules); import torchvision; print(v == torchvision.__version__, v)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

@@ -156,7 +156,6 @@ def test_forward_loss_decode_shapes(compose_cfg, char, crf):
     assert decoded.shape == (2, 3) and decoded[1, 2] == 0
 
 
-
 @pytest.mark.parametrize("char", ["cnn", "lstm"])
 def test_a_bf16_autocast_step_on_the_cpu_runs_the_lstms_in_bf16(compose_cfg, char):
     """Sentences (and words) of one length: PyTorch hands such a batch to oneDNN's LSTM, which under
@@ -175,6 +174,7 @@ def test_a_bf16_autocast_step_on_the_cpu_runs_the_lstms_in_bf16(compose_cfg, cha
     loss.backward()
     assert seen == [torch.bfloat16] * (2 if char == "lstm" else 1)
     assert loss.dtype == torch.float32 and torch.isfinite(loss) and model.lstms[0].weight_ih_l0.grad is not None
+
 
 # -- real runs on tiny corpora -------------------------------------------------------------------
 
