@@ -12,15 +12,29 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-CANDIDATES = 256  # Jöhnk's method accepts a pair with probability >= 1/6 for alpha <= 2: 256 never all fail in practice
+# Jöhnk's method accepts a pair with probability Γ(a+1)²/Γ(2a+1): >= 1/2 for alpha <= 1, so 256 pairs all fail
+# with probability <= 2^-256 there. Above alpha = 1 the acceptance falls fast (1/6 at 2, 1.4% at 4, 0.04% at 8),
+# and a fixed number of candidates would no longer be exact: there the ratio of two Gamma draws is used.
+CANDIDATES = 256
+JOHNK_MAX_ALPHA = 1.0
 
 
 def sample_beta(alpha: float, generator: torch.Generator) -> Tensor:
     """One draw of Beta(alpha, alpha) as a 0-dim device tensor, without waiting for the device.
 
-    Jöhnk's method, exact for any alpha > 0: with U, V uniform, X = U^(1/alpha), Y = V^(1/alpha), the
-    ratio X / (X + Y) given X + Y <= 1 is Beta(alpha, alpha). CANDIDATES pairs are drawn at once and the
-    first accepted one is taken (in logs, in float64, so small alphas do not underflow)."""
+    alpha <= 1: Jöhnk's method. With U, V uniform, X = U^(1/alpha), Y = V^(1/alpha), the ratio X / (X + Y)
+    given X + Y <= 1 is Beta(alpha, alpha). CANDIDATES pairs are drawn at once and the first accepted one is
+    taken (in logs, in float64, so small alphas do not underflow); all of them fail with probability
+    <= 2^-256, far below float64's resolution (the draw is then 0.5).
+    alpha > 1: G1 / (G1 + G2) with G1, G2 ~ Gamma(alpha, 1), drawn by PyTorch's own rejection sampler
+    (Marsaglia-Tsang, looping on the device until it accepts, so exact) from the run's generator. Runs at
+    alpha <= 1 draw exactly the numbers they drew before this branch existed."""
+    if alpha > JOHNK_MAX_ALPHA:
+        shape = torch.full((2,), float(alpha), dtype=torch.float64, device=generator.device)
+        # torch._standard_gamma is the kernel behind torch.distributions.Gamma; unlike the distribution it
+        # takes a generator, so the draw comes from the run's own (resumable) stream.
+        g = torch._standard_gamma(shape, generator=generator)
+        return (g[0] / (g[0] + g[1])).float()
     u = torch.rand(2, CANDIDATES, generator=generator, device=generator.device, dtype=torch.float64)
     log_x, log_y = u.clamp_min(torch.finfo(torch.float64).tiny).log() / alpha
     accepted = torch.logaddexp(log_x, log_y) <= 0
