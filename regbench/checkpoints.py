@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from regbench.errors import RegbenchError
 from regbench.fileio import write_atomic, write_json_atomic, write_text_atomic
 from regbench.loop import EarlyStopping, FitState, Training
-from regbench.record import ADDED_KEYS, COSMETIC_KEYS, HISTORY_FILE, METRICS_FILE, Status, read_metrics
+from regbench.record import ADDED_KEYS, COSMETIC_KEYS, METRICS_FILE, Status, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -119,18 +121,44 @@ def find_earlier(cfg: DictConfig, rid: str, run_dir: Path) -> Earlier | None:
 
 
 def reuse(earlier: Earlier, run_dir: Path, overrides: dict[str, str]) -> dict[str, Any]:
-    """The same configuration finished before: its record (and history), copied into `run_dir` when that
-    is another directory, with `reused_from` naming the original."""
+    """The same configuration finished before: its record, with `reused_from` naming the original, and
+    every file the original wrote (history.csv, test_outputs.npz, test_topk.csv, split files, best.pt,
+    TensorBoard events, ...), hard-linked (copied across file systems) into `run_dir` when that is another
+    directory, so that every reader finds there what the original has."""
     record = dict(earlier.record)
-    log.info("run %s already %s in %s: reusing its record (trainer.resume=false trains it again)",
+    log.info("run %s already %s in %s: reusing its record and files (trainer.resume=false trains it again)",
              record["run_id"], record["status"], earlier.run_dir)
     if earlier.run_dir.resolve() != Path(run_dir).resolve():
         record.update(reused_from=str(earlier.run_dir), overrides=overrides)
-        history = earlier.run_dir / HISTORY_FILE
-        if history.is_file():
-            write_atomic(Path(run_dir) / HISTORY_FILE, lambda fh: fh.write(history.read_bytes()))
+        for name in carry_files(earlier.run_dir, Path(run_dir)):
+            log.debug("reused %s", name)
         write_json_atomic(Path(run_dir) / METRICS_FILE, record)
     return record
+
+
+# The files of a run directory that belong to the attempt, not to the run: Hydra's record of this
+# invocation, its log, the record itself (rewritten with reused_from), and the resume checkpoint.
+NOT_CARRIED = (".hydra", METRICS_FILE, f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT}")
+
+
+def carry_files(source: Path, target: Path) -> list[str]:
+    """Hard-link (or copy) every file of a finished run's directory into another one, leaving out
+    NOT_CARRIED and top-level *.log files; files `target` already has are kept. Returns the names."""
+    carried = []
+    for path in sorted(source.rglob("*")):
+        name = path.relative_to(source).as_posix()
+        if not path.is_file() or name.startswith(NOT_CARRIED) or ("/" not in name and name.endswith(".log")):
+            continue
+        destination = target / name
+        if destination.exists():
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, destination)
+        except OSError:  # another file system, or one without hard links
+            shutil.copy2(path, destination)
+        carried.append(name)
+    return carried
 
 
 # -- random number generators ----------------------------------------------------------------------

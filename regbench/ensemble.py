@@ -143,7 +143,7 @@ def _outputs(path, task: str) -> dict[str, Any]:
     stored = read_test_outputs(Path(path)) if isinstance(path, str) else None
     if stored is None:
         where = f"{path} has no {TEST_OUTPUTS_FILE}" if isinstance(path, str) else "a run without its directory"
-        raise CompareError(f"{where}: ensembles need each run's stored test outputs (task={task}); re-run it with "
-                           "trainer.test_outputs=true (and, for a large MovieLens set, a trainer.test_outputs_max_mb "
-                           "above its score matrix), or leave it out")
+        raise CompareError(f"{where}: ensembles need each run's stored test outputs (task={task}); train it again "
+                           "with trainer.test_outputs=true trainer.resume=false (and, for a large MovieLens set, a "
+                           "trainer.test_outputs_max_mb above its score matrix), or leave it out")
     return stored

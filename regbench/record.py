@@ -162,6 +162,14 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
         return json.load(fh)
 
 
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """history.csv's rows (one per epoch), or [] when the run has none."""
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.is_file() or not path.stat().st_size:
+        return []
+    return pd.read_csv(path).to_dict("records")
+
+
 def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"test": {"accuracy": 0.9}} -> {"test.accuracy": 0.9}; lists become JSON strings."""
     flat: dict[str, Any] = {}

@@ -22,7 +22,7 @@ from regbench import checkpoints, complexity, distributed, gradients, loop, trac
 from regbench.compression import compression_results
 from regbench.provenance import git_state, host, versions
 from regbench.errors import RegbenchError
-from regbench.record import RecordWriter, RunRecord, Status, write_test_outputs
+from regbench.record import TEST_OUTPUTS_FILE, RecordWriter, RunRecord, Status, read_history, write_test_outputs
 from regbench.regimen import Regimen
 from regbench.validation import validate
 
@@ -94,9 +94,7 @@ class Run(loop.FitHooks):
             earlier = checkpoints.find_earlier(self.cfg, rid, self.run_dir) if main else None
             earlier = distributed.broadcast(earlier, self.ranks)
             if earlier is not None and earlier.finished:
-                if main:
-                    self.run_dir.mkdir(parents=True, exist_ok=True)
-                return checkpoints.reuse(earlier, self.run_dir, self.record.overrides) if main else earlier.record
+                return self._reuse(earlier) if main else earlier.record
         # A run that cannot start (a bad value, missing data, no GPU) leaves no record: it never ran. An
         # unexpected error while building is a crash, recorded as failed like any other.
         try:
@@ -119,6 +117,18 @@ class Run(loop.FitHooks):
             raise
         self._finish()
         return self.record.to_dict()
+
+    def _reuse(self, earlier: checkpoints.Earlier) -> dict[str, Any]:
+        """A finished earlier attempt stands for this run: its files, and this run's trackers fed from its
+        history, as if it had trained here. What it never wrote is named, with the key that writes it."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        record = checkpoints.reuse(earlier, self.run_dir, self.record.overrides)
+        if self.cfg.trainer.test_outputs and not (self.run_dir / TEST_OUTPUTS_FILE).is_file():
+            log.warning("the reused run in %s wrote no %s (it ran with trainer.test_outputs=false, over "
+                        "trainer.test_outputs_max_mb, or its task stores none): add trainer.resume=false to train "
+                        "it again and write it", earlier.run_dir, TEST_OUTPUTS_FILE)
+        tracking.replay(self.cfg, self.run_dir, record, read_history(self.run_dir), self.in_sweep)
+        return record
 
     def _record_failure(self, err: BaseException) -> None:
         interrupted = isinstance(err, (KeyboardInterrupt, RunInterrupted))

@@ -82,7 +82,6 @@ def test_a_finished_run_is_reused_and_resume_false_trains_again(make_cfg, tmp_pa
     first = runner.run(make_cfg(), tmp_path / "a")
     again = runner.run(make_cfg(), tmp_path / "b")
     assert again["reused_from"] == str(tmp_path / "a") and again["test"] == first["test"]
-    assert not (tmp_path / "b" / "checkpoints").exists()  # nothing was trained there: only the record was copied
     assert read_metrics(tmp_path / "b")["test"] == first["test"]
     assert (tmp_path / "b" / "history.csv").read_bytes() == (tmp_path / "a" / "history.csv").read_bytes()
     in_place = runner.run(make_cfg(), tmp_path / "a")  # the same directory: nothing is rewritten
@@ -144,3 +143,31 @@ def test_cuda_rng_states_from_a_machine_with_another_number_of_gpus(caplog):
     caplog.clear()
     assert checkpoints.cuda_states_to_restore(states[:2], 2) == [(0, states[0]), (1, states[1])]
     assert caplog.text == ""
+
+
+def test_a_reused_run_holds_every_file_the_original_wrote(make_cfg, tmp_path):
+    """Until 2026-12-05 a reused run's directory held metrics.json and history.csv only: ensemble refused
+    it, the reliability diagram left it out, and its best model was not there."""
+    runner.run(make_cfg(), tmp_path / "a")
+    runner.run(make_cfg(), tmp_path / "b")
+    original = {p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*") if p.is_file()}
+    assert {"test_outputs.npz", "checkpoints/best.pt", "history.csv", "metrics.json"} <= original
+    for name in original - {"metrics.json"}:
+        assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes(), name
+
+
+def test_a_reused_run_without_test_outputs_says_which_key_writes_them(make_cfg, tmp_path, caplog):
+    """The original never wrote test_outputs.npz: the reuse says so, and ensemble's advice is one that works
+    (trainer.test_outputs=true alone would reuse the run again)."""
+    from regbench.ensemble import ensemble
+    from regbench.errors import RegbenchError
+
+    runner.run(make_cfg("trainer.test_outputs=false"), tmp_path / "a")
+    with caplog.at_level("WARNING"):
+        runner.run(make_cfg(), tmp_path / "b")
+    assert not (tmp_path / "b" / "test_outputs.npz").exists()
+    assert "trainer.resume=false" in caplog.text and "test_outputs.npz" in caplog.text
+    with pytest.raises(RegbenchError, match="trainer.resume=false"):
+        ensemble([str(tmp_path / "b")])
+    again = runner.run(make_cfg("trainer.resume=false"), tmp_path / "c")  # the advice, followed
+    assert again["reused_from"] is None and (tmp_path / "c" / "test_outputs.npz").is_file()

@@ -52,6 +52,20 @@ def test_tensorboard_has_one_point_per_epoch_and_the_final_hparams(small_cfg, tm
     assert start.hparams["regularizer.name"].string_value == "bn_dropout_gc"
 
 
+def test_a_reused_run_gets_its_tensorboard_curves_from_its_history(small_cfg, tmp_path):
+    """logger=tensorboard on a run that is reused (trained before without a logger) writes its events from
+    history.csv and the record: until 2026-12-05 nothing was written and nothing said so."""
+    extra = ("regularizer=bn_dropout", "trainer.max_epochs=3")
+    record = runner.run(small_cfg("cifar10", *extra), tmp_path / "original")
+    again = runner.run(small_cfg("cifar10", *extra, "logger=tensorboard"), tmp_path / "reused")
+    assert again["reused_from"] == str(tmp_path / "original")
+    history = pd.read_csv(tmp_path / "original" / "history.csv")
+    scalars = tb_scalars(tmp_path / "reused")
+    assert [s for s, _ in scalars["val/accuracy"]] == [1, 2, 3]
+    assert [v for _, v in scalars["val/loss"]] == pytest.approx(history["val_loss"].tolist())
+    assert scalars["test/final/accuracy"] == [(3, pytest.approx(record["test"]["accuracy"]))]
+
+
 def test_a_resumed_run_continues_its_curves_without_repeated_steps(small_cfg, tmp_path):
     # a checkpoint every 2 epochs and a stop after epoch 3: epoch 3 was logged but must be trained again
     extra = ("trainer.max_epochs=4", "trainer.checkpoint_every=2", "trainer.resume=true")

@@ -60,6 +60,19 @@ def live_loggers(cfg: DictConfig, run_dir: Path, start_epoch: int, record: dict[
     return []
 
 
+def replay(cfg: DictConfig, run_dir: Path, record: dict[str, Any], history: list[dict[str, Any]],
+           in_sweep: bool) -> None:
+    """A reused run's trackers, fed from its history.csv and record as if it had trained here: TensorBoard
+    events in its directory (unless the original's were carried over with its files), the MLflow run
+    (keyed by run id, so an original already in MLflow is updated, not duplicated)."""
+    if cfg.logger.name == "tensorboard" and any(Path(run_dir).glob("events.out.tfevents.*")):
+        return
+    for tracker in live_loggers(cfg, run_dir, 0, record, in_sweep):
+        for row in history:
+            safely(f"logger={cfg.logger.name} for the reused run", tracker.log_epoch, row)
+        safely(f"logger={cfg.logger.name} for the reused run", tracker.finish, record)
+
+
 def safely(what: str, call, *args) -> None:
     """A tracker that fails (a locked database, a full disk) must not fail the training run: warn."""
     try:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from regbench.errors import RegbenchError
-from regbench.record import HISTORY_FILE, METRICS_FILE, flatten
+from regbench.record import HISTORY_FILE, METRICS_FILE, flatten, read_history
 from regbench.tracking import require, scalars
 
 log = logging.getLogger(__name__)
@@ -178,13 +178,7 @@ def run_plots(run_dir: Path, out: Path) -> list[Path]:
 
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    import pandas as pd
-
-    record = json.loads((run_dir / METRICS_FILE).read_text())
-    history_file = run_dir / HISTORY_FILE
-    rows = pd.read_csv(history_file).to_dict("records") if history_file.is_file() and \
-        history_file.stat().st_size else []
-    return record, rows
+    return json.loads((run_dir / METRICS_FILE).read_text()), read_history(run_dir)
 
 
 def export_run(store: Store, run_dir: Path, plots: bool = True, logged: RunLog | None = None) -> bool:
