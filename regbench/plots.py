@@ -18,7 +18,7 @@ from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from regbench.calibration import ECE_BINS, calibration, reliability
 from regbench.gradients import LAYER_MEAN_PREFIX
-from regbench.record import HISTORY_FILE, read_test_outputs
+from regbench.record import HISTORY_FILE, TEST_OUTPUTS_FILE, read_test_outputs
 
 FORMATS = ("png", "svg")
 COST_AXES = (("params", "parameters", True), ("flops_per_example", "forward FLOPs per example", True),
@@ -142,33 +142,61 @@ def metric_bars(summary: pd.DataFrame, keys: list[str]) -> Figure:
     return fig
 
 
+def _dodge(xs: list[float], log: bool) -> list[float]:
+    """Spread groups that share a cost (equal parameters or FLOPs: `none` and `dropout`) side by side, so
+    that no point hides another: a few percent of the axis, in log space on a log axis."""
+    out = list(xs)
+    if not xs:
+        return out
+    finite = [x for x in xs if x > 0] if log else xs
+    span = (math.log10(max(finite)) - math.log10(min(finite))) if log and finite else (max(xs) - min(xs))
+    step = max(span, 0.2 if log else (abs(max(xs)) or 1.0) * 0.2) * 0.025
+    for value in set(xs):
+        same = [i for i, x in enumerate(xs) if x == value]
+        for k, i in enumerate(same):
+            shift = (k - (len(same) - 1) / 2) * step
+            out[i] = value * 10 ** shift if log and value > 0 else value + shift
+    return out
+
+
 def quality_vs_cost(summary: pd.DataFrame, keys: list[str]) -> Figure:
-    """Test metric against parameters, FLOPs per example and training time, one row per task. A group
-    whose cost cannot be drawn on a log axis (popularity: 0 parameters) is named in the panel, not dropped
-    without a word."""
+    """Test metric against parameters, FLOPs per example and training time, one row per task. Intervals are
+    clipped to the metric's range (as in test_metric); groups of equal cost are drawn side by side, each
+    with its own marker; a group whose cost cannot be drawn on a log axis (popularity: 0 parameters) is
+    named in the panel, not dropped without a word."""
     tasks = _tasks(summary)
     labels = group_labels(summary, keys)
     colors = group_colors(summary, keys)
+    markers = dict(zip(labels, "osD^vP*Xhp<>" * 4))
     fig = Figure(figsize=(13, 3.6 * len(tasks)), layout="constrained")
     grid = fig.subplots(len(tasks), len(COST_AXES), squeeze=False)
     for r, (axes, task) in enumerate(zip(grid, tasks)):
         part = _task_rows(summary, task)
+        lowest, highest = _bounds(str(part["metric"].dropna().iloc[0]) if part["metric"].notna().any() else "")
         for ax, (column, title, log) in zip(axes, COST_AXES):
-            left_out = []
+            left_out, points = [], []
             for _, row in part.iterrows():
                 x, y = row.get(column, math.nan), row["mean"]
-                label = labels[tuple(row[k] for k in keys)]
+                key = tuple(row[k] for k in keys)
                 if x is None or math.isnan(x) or math.isnan(y):
                     continue
                 if log and x <= 0:
-                    left_out.append(f"{label} ({x:g})")
+                    left_out.append(f"{labels[key]} ({x:g})")
                     continue
-                err = [[y - row["ci_low"]], [row["ci_high"] - y]] if not math.isnan(row["ci_low"]) else None
-                ax.errorbar([x], [y], yerr=err, fmt="o", color=colors[tuple(row[k] for k in keys)], capsize=3,
-                            label=label)
-            xs = [x for line in ax.get_lines() for x in line.get_xdata()]
-            if log and xs and max(xs) > 10 * min(xs):  # log only when the costs span a decade
+                points.append((key, float(x), float(y), row["ci_low"], row["ci_high"]))
+            costs = [x for _, x, _, _, _ in points]
+            use_log = log and bool(costs) and max(costs) > 10 * min(costs)  # log only when the costs span a decade
+            for (key, _, y, low, high), x in zip(points, _dodge(costs, use_log)):
+                err = None
+                if not math.isnan(low):
+                    low, high = float(np.clip(low, lowest, highest)), float(np.clip(high, lowest, highest))
+                    err = [[max(y - low, 0.0)], [max(high - y, 0.0)]]
+                ax.errorbar([x], [y], yerr=err, fmt=markers[key], color=colors[key], capsize=3, label=labels[key],
+                            alpha=0.9)
+            if use_log:
                 ax.set_xscale("log")
+            else:  # a few ticks: EngFormatter's labels ("16.25 s") overlap at matplotlib's default density
+                ax.xaxis.set_major_locator(MaxNLocator(nbins=4, min_n_ticks=2))
             if left_out:
                 ax.text(0.02, 0.02, "not on this axis: " + ", ".join(left_out), transform=ax.transAxes, fontsize=7,
                         va="bottom", ha="left", color="0.35")
@@ -331,9 +359,12 @@ def reliability_diagrams(comparison, task: str) -> Figure | None:
     panels = []
     for _, row in part.iterrows():
         key = tuple(row[k] for k in keys)
-        pooled = pooled_test_outputs(members.get(key, []))
-        if pooled is not None:
-            panels.append((labels[key], len(members[key]), *pooled))
+        runs = members.get(key, [])
+        stored = [run for run in runs if (Path(run) / TEST_OUTPUTS_FILE).is_file()]
+        pooled = pooled_test_outputs(stored)
+        if pooled is not None:  # the runs counted are those whose predictions are in the panel
+            shown = f"{len(stored)}" if len(stored) == len(runs) else f"{len(stored)} of {len(runs)}"
+            panels.append((labels[key], shown, len(runs), *pooled))
     if not panels:
         return None
     columns = min(len(panels), 4)
@@ -341,7 +372,7 @@ def reliability_diagrams(comparison, task: str) -> Figure | None:
     fig = Figure(figsize=(3.2 * columns, 3.3 * rows + 0.4), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).flatten()
     width = 1 / ECE_BINS
-    for ax, (name, n_runs, probs, truth) in zip(axes, panels):
+    for ax, (name, shown, n_runs, probs, truth) in zip(axes, panels):
         diagram = reliability(probs, truth)
         centres = diagram["edges"][:-1] + width / 2
         ax.bar(centres, np.nan_to_num(diagram["accuracy"]), width=width * 0.95, color="C0", alpha=0.8,
@@ -352,7 +383,7 @@ def reliability_diagrams(comparison, task: str) -> Figure | None:
         ax.set_xlabel("confidence (top-label probability)")
         ax.set_ylabel("accuracy in the bin")
         ece = calibration(probs, truth)["ece"]
-        ax.set_title(textwrap.fill(f"{name}: ECE {ece:.3f} ({n_runs} run{'s' if n_runs != 1 else ''}, "
+        ax.set_title(textwrap.fill(f"{name}: ECE {ece:.3f} ({shown} run{'s' if n_runs != 1 else ''}, "
                                    f"{len(truth)} predictions)", 40), fontsize=9)
     axes[0].legend(fontsize=7, loc="upper left")
     for ax in axes[len(panels):]:

@@ -91,3 +91,40 @@ def test_plots_from_a_results_csv_alone_say_what_they_leave_out(small_run, tmp_p
     update_sweep_results(tmp_path / "sweep").to_csv(elsewhere / "results.csv", index=False)
     plotted = write_plots(compare([elsewhere / "results.csv"]), tmp_path / "plots")
     assert len(plotted.notes) == 1 and "learning curves and the gradient-flow plots are left out" in plotted.notes[0]
+
+
+def test_quality_vs_cost_clips_intervals_spreads_equal_costs_and_thins_time_ticks():
+    """Until 2026-12-05 intervals reached below 0 (accuracy -0.12, F1 -1.5 to +1.8), CoNLL's time ticks
+    overlapped ("16.25 s16.5 s16.75 s") and `none` sat hidden under `dropout` (equal parameters and FLOPs)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rows = [summary_row("conll", name, mean, mean - 1.6, mean + 0.9, 3, params=50_000, flops=90_000)
+            for name, mean in (("none", 0.10), ("dropout", 0.10), ("bn", 0.40))]
+    for row, seconds in zip(rows, (16.2, 16.5, 16.8)):
+        row["train_time_s"] = seconds
+    figure = quality_vs_cost(pd.DataFrame(rows), ["task", "regularizer"])
+    FigureCanvasAgg(figure).draw()
+    for ax in figure.axes[:3]:
+        points = []
+        for container in ax.containers:  # one errorbar container per group
+            line, _, bars = container.lines
+            points.append(tuple(np.round(ax.transData.transform((line.get_xdata()[0], line.get_ydata()[0])))))
+            for segment in (s for collection in bars for s in collection.get_segments()):
+                assert segment[:, 1].min() >= 0.0 and segment[:, 1].max() <= 1.0
+        assert len(set(points)) == 3, ax.get_xlabel()  # every group visible
+    time_axis = figure.axes[2]
+    boxes = [t.get_window_extent() for t in time_axis.get_xticklabels() if t.get_text() and t.get_visible()]
+    boxes = [b for b, t in zip(boxes, time_axis.get_xticks()) if time_axis.get_xlim()[0] <= t <= time_axis.get_xlim()[1]]
+    assert 2 <= len(boxes) <= 5
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_the_reliability_diagram_counts_the_runs_whose_predictions_it_shows(small_run, tmp_path):
+    from regbench.plots import reliability_diagrams
+
+    for seed in (0, 1):
+        small_run("cifar10", f"seed={seed}", name=f"sweep/{seed}")
+    (tmp_path / "sweep" / "1" / "test_outputs.npz").unlink()
+    figure = reliability_diagrams(compare([tmp_path / "sweep"]), "cifar10")
+    title = figure.axes[0].get_title().replace("\n", " ")
+    assert "1 of 2 runs, 30 predictions" in title
