@@ -251,8 +251,13 @@ def main() -> None:
         sys.exit(0)
     if os.environ.get(DEBUG_ENV):
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    from regbench.preflight import MULTIRUN_FLAGS, allow_new_keys, check_command_line
+    from regbench.preflight import MULTIRUN_FLAGS, allow_new_keys, check_command_line, check_words
 
+    try:  # what Hydra would answer with a usage page or a stack of lines
+        check_words(sys.argv[1:], SUBCOMMANDS)
+    except RegbenchError as err:
+        print(f"regbench: error: {err}", file=sys.stderr)
+        sys.exit(2)
     sys.argv[1:] = allow_new_keys(sys.argv[1:])
     if os.getcwd() not in sys.path:  # a model or task of the user's own, named by _target_, from this folder
         sys.path.append(os.getcwd())
@@ -268,7 +273,37 @@ def main() -> None:
     except RegbenchError as err:
         print(f"regbench: error: {err}", file=sys.stderr)
         sys.exit(2)
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        _help_in_100_columns()
     train()
+
+
+def _help_in_100_columns() -> None:
+    """Hydra prints a config group's options on one line (task: 11 names, 112 columns): fold such lines
+    at 100 columns, under the group's name."""
+    import contextlib
+    import io
+    import re
+    import textwrap
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            train()
+        except SystemExit as done:
+            code = done.code
+        else:
+            code = 0
+    lines = []
+    for line in out.getvalue().splitlines():
+        group = re.match(r"^([\w/]+: )\S+, ", line)
+        if group and len(line) > 100:
+            line = textwrap.fill(line, 100, subsequent_indent=" " * len(group.group(1)), break_on_hyphens=False)
+        lines.append(line)
+    with contextlib.suppress(BrokenPipeError):  # `regbench --help | head`
+        print("\n".join(lines))
+        sys.stdout.flush()
+    sys.exit(code)
 
 
 def _prepare_tuning(argv: list[str]) -> None:

@@ -37,32 +37,90 @@ def _keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return out
 
 
-def _explain(err: Exception, override: str | None, others: list[str]) -> ConfigError:
-    """One line for Hydra's composition errors."""
+def _explain(err: Exception, override: str | None, others: list[str], job: str | None = None) -> ConfigError:
+    """One line for Hydra's composition errors; `job` names the sweep value whose job it was."""
     from hydra.errors import MissingConfigException
 
+    where = f"in the job with {job}: " if job and job != override else ""
     if isinstance(err, MissingConfigException) and err.options is not None:
         group = (err.missing_cfg_file or "").split("/")[0] or (override or "").partition("=")[0]
         shown = override or group
-        return ConfigError(f"{shown}: no such option; choose one of {', '.join(err.options)}")
+        return ConfigError(f"{where}{shown}: no such option; choose one of {', '.join(err.options)}")
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     if override and text.startswith("Could not override"):
         key = override.partition("=")[0].lstrip("+~")
-        try:
-            known = _keys(compose_config(others))
-        except Exception:  # noqa: BLE001 - the suggestion is a courtesy
-            known = []
-        return unknown_key(override, key, known)
-    return ConfigError(f"{override + ': ' if override else ''}{text}")
+        error = unknown_key(override, key, others)
+        return ConfigError(f"{where}{error}")
+    return ConfigError(f"{where}{override + ': ' if override else ''}{text}")
 
 
-def unknown_key(override: str, key: str, known: list[str]) -> ConfigError:
-    """One line for a key that no part of the run reads: it is refused, never silently ignored, and a
-    suggestion only ever names a key that exists in this configuration."""
-    close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
+# The config group whose options define a key's section (data.* comes with the task).
+SECTION_GROUP = {"data": "task", "model": "model", "optimizer": "optimizer", "schedule": "schedule",
+                 "trainer": "trainer", "augment": "augment", "regularizer": "regularizer", "logger": "logger"}
+
+
+def unknown_key(override: str, key: str, others: list[str]) -> ConfigError:
+    """One line for a key that no part of the run reads: it is refused, never silently ignored. A
+    suggestion only ever names a key of this configuration: the task's own spelling of another task's
+    key (Task.equivalent_keys), else a key of the same section whose last part is close; and where other
+    options of the group have the key, they are named."""
+    try:
+        cfg = compose_config(others)
+        known = _keys(cfg)
+    except Exception:  # noqa: BLE001 - the suggestion is a courtesy
+        cfg, known = None, []
+    close = _close_keys(key, known, cfg)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    owners = _options_with_key(key, others, cfg)
+    group = SECTION_GROUP.get(key.split(".")[0])
+    here = f"{group}={cfg[group].name}" if cfg is not None and group in cfg and "name" in cfg[group] else None
+    if owners and here:
+        shown = f"{group}=" + ", ".join(owners[:4]) + (", ..." if len(owners) > 4 else "")
+        return ConfigError(f"{override}: {here} has no key {key!r}, a key of {shown}{hint}; regbench refuses "
+                           "keys that nothing would read rather than ignore them")
     return ConfigError(f"{override}: there is no key {key!r} in this configuration{hint}; regbench refuses keys "
                        "that nothing would read rather than ignore them")
+
+
+def _close_keys(key: str, known: list[str], cfg: DictConfig | None) -> list[str]:
+    """The task's declared equivalent, else keys of the same section with a close last part (the whole
+    dotted name would make model.width "close" to model.init through the shared "model.")."""
+    if cfg is not None:
+        try:
+            from regbench.tasks import task_class
+
+            equivalent = task_class(cfg).equivalent_keys.get(key)
+        except Exception:  # noqa: BLE001 - a task that cannot be imported is named by validation
+            equivalent = None
+        if equivalent in known:
+            return [equivalent]
+    parent, _, leaf = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
+    return [siblings[m] for m in difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.75)]
+
+
+def _options_with_key(key: str, others: list[str], cfg: DictConfig | None) -> list[str]:
+    """The other options of the key's group (model=cnn13 for model.width) in whose configuration it exists."""
+    group = SECTION_GROUP.get(key.split(".")[0])
+    if cfg is None or group is None or group not in config_groups():
+        return []
+    current = cfg[group].get("name") if group in cfg else None
+    owners = []
+    kept = [o for o in others if o.partition("=")[0].lstrip("+~") != group]
+    for option in sorted(_group_options(group)):
+        if option in (current, "custom"):
+            continue
+        try:
+            if key in _keys(compose_config([*kept, f"{group}={option}"])):
+                owners.append(option)
+        except Exception:  # noqa: BLE001 - an option that does not compose with the rest owns nothing here
+            continue
+    return owners
+
+
+def _group_options(group: str) -> list[str]:
+    folder = files("regbench.conf").joinpath(*group.split("/"))
+    return [e.name[:-5] for e in folder.iterdir() if e.name.endswith(".yaml")]
 
 
 def config_groups() -> set[str]:
@@ -90,7 +148,7 @@ def open_prefixes(args: Sequence[str]) -> tuple[str, ...]:
 
 def allow_new_keys(args: list[str]) -> list[str]:
     """With model=custom (task=custom), `model.width=32` (`data.n=100`) needs no +: it becomes ++model.width=32,
-    which Hydra takes for a new key (or the same key given twice, the last value winning)."""
+    which Hydra takes for a new key or for an existing one."""
     prefixes = open_prefixes(args)
     fixed = ("model.name=", "model._target_=", "task.")
     return [f"++{a}" if prefixes and a.startswith(prefixes) and not a.startswith(fixed) and "=" in a else a
@@ -111,6 +169,71 @@ def _added_keys(overrides: list[str], parsed) -> list[tuple[str, str]]:
     return out
 
 
+# Hydra's flags, and those of them that take a value (`--cfg job`, `-cn NAME`).
+HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--resolve", "--package", "-p",
+               "--run", "-r", "--multirun", "-m", "--shell-completion", "-sc", "--config-path", "-cp",
+               "--config-name", "-cn", "--config-dir", "-cd", "--info", "-i", "--experimental-rerun")
+FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                    "--config-dir", "-cd", "--experimental-rerun", "--info", "-i", "--shell-completion", "-sc")
+# The options of `regbench compare` and `report`, given to a training command by mistake.
+SUBCOMMAND_OPTIONS = ("--by", "--metric", "--baseline", "--no-baseline", "--bootstrap", "--out", "--plots", "--wide")
+
+
+def check_words(argv: Sequence[str], subcommands: Sequence[str]) -> None:
+    """What Hydra's parser would answer with a usage page or a parse error, as one line that says what
+    was meant: a misspelt subcommand, `regularizer bn` for regularizer=bn, a compare option given to a
+    run, a key given twice (Hydra would silently keep the last), a list that ends in a comma."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    args = list(argv)
+    plain: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("-"):
+            flag = arg.split("=")[0]
+            if flag in SUBCOMMAND_OPTIONS:
+                raise ConfigError(f"{arg} is an option of `regbench compare` and `regbench report`, not of a run: "
+                                  f"regbench compare PATH {arg} ...")
+            if flag not in HYDRA_FLAGS:
+                raise ConfigError(f"{arg}: no such option; a run takes key=value overrides (e.g. regularizer=bn) "
+                                  "and Hydra's flags (-m, --cfg job, --info, --help)")
+            i += 2 if flag in FLAGS_WITH_VALUE and "=" not in arg else 1
+            continue
+        if "=" not in arg:
+            raise _word_error(arg, args[i + 1] if i + 1 < len(args) else None, subcommands, i == 0)
+        plain.append(arg)
+        i += 1
+    seen: dict[str, str] = {}
+    for arg in plain:
+        try:
+            key = OverridesParser.create().parse_override(arg).key_or_group
+        except HydraException as err:
+            raise ConfigError(_parse_error(arg, err)) from None
+        if key in seen:
+            raise ConfigError(f"{key} is given twice ({seen[key]} and {arg}); Hydra would keep only the last: "
+                              f"give it once, with every value in one list (e.g. {key}=a,b)")
+        seen[key] = arg
+
+
+def _parse_error(arg: str, err: Exception) -> str:
+    if arg.rstrip().endswith(","):
+        return f"{arg}: a list of values cannot end with a comma: {arg.rstrip().rstrip(',')}"
+    return f"{arg}: cannot be read as key=value ({str(err).splitlines()[0]})"
+
+
+def _word_error(word: str, following: str | None, subcommands: Sequence[str], first: bool) -> ConfigError:
+    close = difflib.get_close_matches(word, subcommands, n=1, cutoff=0.6)
+    if first and close:
+        return ConfigError(f"{word}: no such command; did you mean `regbench {close[0]}`?")
+    if word in config_groups() or word.split(".")[0] in SECTION_GROUP:
+        value = following if following and "=" not in following and not following.startswith("-") else "VALUE"
+        return ConfigError(f"{word}: a setting is written key=value, without spaces: {word}={value}")
+    return ConfigError(f"{word}: expected key=value (e.g. regularizer=bn) or one of the commands "
+                       f"{', '.join(subcommands)}")
+
+
 def check_command_line(argv: Sequence[str], machine: bool = True) -> int:
     """Compose and validate every configuration the command line asks for; return how many were checked.
     Raises ConfigError with one line on the first problem. `machine=False` leaves out what depends on this
@@ -127,6 +250,12 @@ def check_command_line(argv: Sequence[str], machine: bool = True) -> int:
         parsed = OverridesParser.create().parse_overrides(args)
     except OverrideParseException as err:
         raise ConfigError(f"cannot read the command line: {str(err).splitlines()[0]}") from None
+    hydra_groups = [a for a, o in zip(args, parsed) if o.key_or_group.startswith("hydra/")]
+    if hydra_groups:  # hydra/launcher=..., hydra/sweeper=...: their options are checked here too
+        try:
+            compose_config(hydra_groups, with_hydra=True)
+        except HydraException as err:
+            raise _explain(err, _find_hydra_culprit(hydra_groups), []) from None
     choices: list[list[str]] = []
     for override in parsed:
         if override.key_or_group.startswith("hydra"):
@@ -154,18 +283,31 @@ def check_command_line(argv: Sequence[str], machine: bool = True) -> int:
             known = []
         for text, key in added:
             if key not in known:
-                raise unknown_key(text, key, known)
+                raise unknown_key(text, key, plain)
     variants = [(None, base)] + [(value, base[:i] + [value] + base[i + 1:])
                                  for i, values in enumerate(choices) for value in values[1:]]
     for changed, overrides in variants:
         try:
             cfg = compose_config(overrides)
         except HydraException as err:
-            culprit = changed or _find_culprit(overrides)
+            # In a sweep's job the value that changed may be fine and another key fail beside it
+            # (model.width with task=conll2003): name the override that fails, and the job.
+            culprit = _find_culprit(overrides) or changed
             others = [o for o in overrides if o != culprit]
-            raise _explain(err, culprit, others) from None
+            raise _explain(err, culprit, others, job=changed) from None
         validate(cfg, machine=on_this_machine)
     return len(variants)
+
+
+def _find_hydra_culprit(overrides: list[str]) -> str | None:
+    from hydra.errors import HydraException
+
+    for override in overrides:
+        try:
+            compose_config([override], with_hydra=True)
+        except HydraException:
+            return override
+    return None
 
 
 def _find_culprit(overrides: list[str]) -> str | None:

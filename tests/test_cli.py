@@ -117,6 +117,8 @@ def test_help_names_the_subcommands_and_version_names_regbench(tmp_path, cli_env
         result = regbench(words, cli_env, tmp_path)
         assert result.returncode == 0 and "regbench compare PATH" in result.stdout and "regbench report" in result.stdout
         assert "regularizer: bn, bn_dropout" in result.stdout
+        assert max(map(len, result.stdout.splitlines())) <= 100  # Hydra's task line was 112 columns
+        assert "svhn" in result.stdout  # folded, not cut
     version = regbench(["--version"], cli_env, tmp_path)
     assert version.returncode == 0 and version.stdout.startswith("regbench 0.") and "torch" in version.stdout
 
@@ -125,8 +127,8 @@ def test_help_names_the_subcommands_and_version_names_regbench(tmp_path, cli_env
     (["-m", "regularizer=none,bn", "--cfg", "job"], "--cfg and --info show one configuration: drop -m"),
     (["+trainer.max_epoch=3"], "there is no key 'trainer.max_epoch' in this configuration (did you mean "
                                "trainer.max_epochs?); regbench refuses keys that nothing would read"),
-    (["task=movielens", "data.limit_train=100"], "data.limit_train=100: there is no key 'data.limit_train'"),
-    (["task=conll2003", "+model.width=0.5"], "+model.width=0.5: there is no key 'model.width'"),
+    (["task=movielens", "data.limit_train=100"], "data.limit_train=100: task=movielens has no key 'data.limit_train'"),
+    (["task=conll2003", "+model.width=0.5"], "+model.width=0.5: model=bilstm has no key 'model.width'"),
     (["paths.data_dir=/nowhere", "data.download=false"], "CIFAR-10 not found in /nowhere"),
     (["trainer.device=cuda"], "trainer.device=cuda but this machine has no CUDA device"),
 ])
@@ -203,3 +205,41 @@ def test_the_table_at_the_end_of_a_sweep_tells_its_runs_apart(tiny_ml_dir, tmp_p
     table = lines[start:start + 3]
     assert lines[start + 3] == "" and "train s" in table[0]
     assert {row.split()[1] for row in table[1:]} == {"two_tower", "popularity"}
+
+
+def in_process(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """`regbench ARGS` in this process, for what is refused before anything is composed (no 4 s start)."""
+    from regbench import cli
+
+    monkeypatch.setattr(sys, "argv", ["regbench", *args])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    return stopped.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["comapre", "outputs/sweeps"], "comapre: no such command; did you mean `regbench compare`?"),
+    (["regularizer", "bn"], "regularizer: a setting is written key=value, without spaces: regularizer=bn"),
+    (["-m", "seed=0,1,"], "seed=0,1,: a list of values cannot end with a comma: seed=0,1"),
+    (["-m", "hydra/launcher=paralel"], "hydra/launcher=paralel: no such option; choose one of basic, joblib, parallel"),
+    (["--metric", "test.accuracy"], "--metric is an option of `regbench compare` and `regbench report`"),
+    (["-m", "regularizer=none,bn", "regularizer=dropout"],
+     "regularizer is given twice (regularizer=none,bn and regularizer=dropout)"),
+    (["-m", "seed=0,1", "seed=2,3"], "seed is given twice (seed=0,1 and seed=2,3)"),
+    (["-m", "task=cifar10,conll2003", "model.width=0.125"],
+     "in the job with task=conll2003: model.width=0.125: model=bilstm has no key 'model.width', a key of model=cnn13"),
+    (["task=movielens", "data.limit_train=100"], "(did you mean data.max_users?)"),
+    (["task=conll2003", "model.width=0.5"], "(did you mean model.hidden?)"),
+    (["model=resnet18", "model.width=0.5"], "model=resnet18 has no key 'model.width', a key of model=cnn13;"),
+    (["model=custom", "model._target_=my_model.build"],
+     "model._target_=my_model.build: no module 'my_model' on Python's path (searched the current folder"),
+])
+def test_what_hydra_would_answer_with_pages_is_one_line_that_says_what_was_meant(args, message, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """Each of these ran the wrong grid, printed a usage page or a parse stack, or suggested a key of
+    another model or task (model.init for model.width) until 2026-12-05."""
+    monkeypatch.chdir(tmp_path)
+    code, err = in_process(args, monkeypatch, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert message in err and "model.init" not in err and "min_rating" not in err, err
+    assert not (tmp_path / "outputs").exists()

@@ -19,16 +19,18 @@ PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if
 PLACEHOLDER = re.compile(r"<[^>]+>|\.\.\.|\bPATH\b|\bSWEEP|\bOUTDIR\b|\$|\[[A-Z-]")
 
 
-def guide_commands() -> list[tuple[str, str]]:
-    """(page, command) for every `regbench ...` line in the guide's bash blocks, with the block's shell
-    variables (`C="..."`, `for seed in 0 1; do`) filled in."""
+def guide_commands() -> list[tuple[str, str, str | None]]:
+    """(page, command, folder) for every `regbench ...` line in the guide's bash blocks, with the block's
+    shell variables (`C="..."`, `for seed in 0 1; do`) filled in; `folder` is where the command imports a
+    user's code from: a `cd DIR` or `export PYTHONPATH=DIR` earlier in the block, or a `PYTHONPATH=DIR` in front (from the checkout's
+    root, where README says to run), else None."""
     found = []
     for page in PAGES:
-        fence, variables = None, {}
+        fence, variables, folder = None, {}, None
         for line in page.read_text().splitlines():
             if line.startswith("```"):
                 fence = line[3:].strip() if fence is None else None
-                variables = {}
+                variables, folder = {}, None
                 continue
             if fence != "bash":
                 continue
@@ -36,12 +38,15 @@ def guide_commands() -> list[tuple[str, str]]:
                 variables[m[1]] = m[2]
             if m := re.match(r"^\s*for (\w+) in (\S+)", line):
                 variables[m[1]] = m[2]
+            if m := re.match(r"^\s*cd (\S+)", line) or re.match(r"^\s*export .*\bPYTHONPATH=(\S+)", line):
+                folder = m[1]
             for name, value in variables.items():
                 line = line.replace("${" + name + "}", value).replace("$" + name, value)
             command = line.split(" #")[0].strip()
+            path = re.match(r"^(?:\w+=\S+\s+)*PYTHONPATH=(\S+)", command)
             command = re.sub(r"^(\w+=\S+\s+)+", "", command)  # REGBENCH_DATA=... in front
             if command.startswith("regbench ") and not command.endswith("\\"):
-                found.append((str(page.relative_to(ROOT)), command))
+                found.append((str(page.relative_to(ROOT)), command, path[1] if path else folder))
     return found
 
 
@@ -52,9 +57,14 @@ def test_the_guide_has_commands_to_check():
     assert len(COMMANDS) > 40
 
 
-@pytest.mark.parametrize("page,command", COMMANDS, ids=[f"{p}:{c[:60]}" for p, c in COMMANDS])
-def test_every_command_in_the_guide_is_valid(page, command, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "examples"))  # model._target_=my_model.build and friends
+@pytest.mark.parametrize("page,command,folder", COMMANDS, ids=[f"{p}:{c[:60]}" for p, c, _ in COMMANDS])
+def test_every_command_in_the_guide_is_valid(page, command, folder, monkeypatch):
+    """Each command as written, from the checkout's root: a user's model is importable only where the
+    guide says how (`cd examples`, PYTHONPATH=examples); until 2026-12-05 README's tour line was not."""
+    monkeypatch.chdir(ROOT / (folder or "."))
+    monkeypatch.syspath_prepend(str(ROOT / (folder or ".")))  # what cli.main adds: the folder it runs from
+    for name in ("my_model", "my_task"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     args = shlex.split(command)[1:]
     if args and args[0] in ("compare", "report", "ensemble", "export"):
         _subcommand_parser().parse_args(args)  # the options exist and parse

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
 
-from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from regbench.errors import ConfigError
 from regbench.regimen import Regimen
+from regbench.targets import locate
 
 NOT_PASSED = ("name", "_target_")  # model.* keys that name the model rather than configure it
 RESIDUAL_MODELS = ("resnet18",)     # the built-in models with residual blocks (regularizer.stochastic_depth)
@@ -47,10 +47,10 @@ def model_target(cfg: DictConfig) -> str:
 
 def model_factory(cfg: DictConfig) -> Callable[..., nn.Module]:
     target = model_target(cfg)
-    try:
-        return get_method(target)
-    except Exception as err:  # noqa: BLE001 - Hydra wraps import errors of every kind
-        raise ConfigError(f"model._target_={target}: cannot be imported ({str(err).splitlines()[0]})") from None
+    factory = locate("model._target_", target)
+    if not callable(factory):
+        raise ConfigError(f"model._target_={target} is a {type(factory).__name__}, not a function or class")
+    return factory
 
 
 def model_validator(cfg: DictConfig) -> Callable[[DictConfig, Regimen], None] | None:

@@ -4,10 +4,10 @@ Conll2000Task / ConllTask, recommendation.MovieLensTask."""
 from __future__ import annotations
 
 import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from regbench.errors import ConfigError
+from regbench.targets import locate
 from regbench.tasks.base import Task
 
 
@@ -18,10 +18,7 @@ def task_class(cfg: DictConfig) -> type[Task]:
     target = cfg.task.get("_target_")
     if not target:
         raise ConfigError("task._target_ is not set: name a Task subclass, e.g. task._target_=my_pkg.MyTask")
-    try:
-        cls = get_class(str(target))
-    except Exception as err:  # noqa: BLE001 - Hydra wraps import errors of every kind
-        raise ConfigError(f"task._target_={target}: cannot be imported ({str(err).splitlines()[0]})") from None
+    cls = locate("task._target_", str(target))
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise ConfigError(f"task._target_={target} is not a subclass of regbench.tasks.base.Task")
     return cls

@@ -44,6 +44,9 @@ class Task(ABC):
     # The regimen's task-level parts this task applies (of "label_smoothing", "mixup", "cutmix"); the
     # others are refused for it before anything starts. EMA, clipping, norms and weight decay fit any task.
     regularizers: ClassVar[frozenset[str]] = frozenset()
+    # A key of other tasks that this task spells another way (MovieLens limits its size by data.max_users,
+    # not data.limit_train): what "did you mean" suggests when a user gives the other task's key here.
+    equivalent_keys: ClassVar[dict[str, str]] = {}
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         self.cfg = cfg

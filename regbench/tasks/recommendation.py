@@ -41,6 +41,7 @@ class MovieLensTask(Task):
     models: ClassVar[tuple[str, ...]] = ("two_tower", "mf", "popularity")
     task_model_keys: ClassVar[tuple[str, ...]] = ("loss", "negatives", "num_negatives")  # the training objective
     primary_metric = "ndcg@10"
+    equivalent_keys = {"data.limit_train": "data.max_users", "data.limit_eval": "data.max_users"}
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
