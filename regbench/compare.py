@@ -27,6 +27,7 @@ from scipy import stats
 
 from regbench.errors import RegbenchError
 from regbench.fileio import write_csv_atomic, write_text_atomic
+from regbench.findings import format_p
 from regbench.record import ADDED_KEYS, COSMETIC_KEYS, METRICS_FILE, STATUSES, flatten
 from regbench.results import RESULTS_FILE, run_row, sweep_rows
 
@@ -379,6 +380,26 @@ def _averaged(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     return done
 
 
+CHANCE_TOLERANCE = 0.005  # half a point of accuracy: a group this close to 1/classes on every seed never trained
+
+
+def _untrained(members: pd.DataFrame, metric: str | None, values: np.ndarray) -> str:
+    """Why a group's runs show that this protocol did not train them, or "": an accuracy at chance
+    (1/classes, the record's data.classes) on every seed, or an F1 of 0 on every seed (a tagger that
+    never predicts an entity). Its comparison then says nothing about the regimen."""
+    if not metric or not len(values):
+        return ""
+    name = metric.rsplit(".", 1)[-1]
+    classes = pd.to_numeric(members.get("data.classes", pd.Series(dtype=float)), errors="coerce").dropna()
+    if name == "accuracy" and len(classes) and classes.nunique() == 1 and classes.iloc[0] > 1:
+        chance = 1 / float(classes.iloc[0])
+        if np.all(np.abs(values - chance) <= CHANCE_TOLERANCE):
+            return f"accuracy at chance (1/{int(classes.iloc[0])}) on every seed"
+    if name == "f1" and np.all(values == 0):
+        return "F1 0 on every seed (no entity predicted)"
+    return ""
+
+
 def _seed_values(members: pd.DataFrame) -> dict[int, float]:
     seeds = members["seed"] if "seed" in members else pd.Series(range(len(members)), index=members.index)
     return {int(s) if pd.notna(s) else i: float(v) for i, (s, v) in enumerate(zip(seeds, members["_value"]))}
@@ -410,6 +431,7 @@ def summarise(runs: pd.DataFrame, by: Sequence[str], metric: str | None = None,
                    ci_low=interval.low, ci_high=interval.high,
                    min=float(x.min()) if len(x) else math.nan, max=float(x.max()) if len(x) else math.nan,
                    seeds=" ".join(str(s) for s in sorted(values)))
+        row["untrained"] = _untrained(members, metric_name, x)
         for status in STATUSES:
             row[status] = int((group["status"] == status).sum())
         # a seed completed by two different runs of one group (e.g. with --by) is averaged once, its latest
@@ -533,7 +555,7 @@ def _p(p: float, test: str) -> str:
         return "– (no spread)"
     if not test or _missing(p):
         return "–"
-    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}".rstrip("0").rstrip(".") if p < 1 else "1"
+    return format_p(p)
 
 
 def _delta(row: dict, base_key: str, base_value: str) -> str:
@@ -560,8 +582,9 @@ def display_table(summary: pd.DataFrame, keys: Sequence[str], baseline: str | No
     table = pd.DataFrame()
     for key in keys:
         table[key] = summary[key]
-    if wide:
+    if wide or summary["metric"].dropna().nunique() > 1:  # tasks of different metrics: each row names its own
         table["metric"] = summary["metric"].map(lambda m: m if isinstance(m, str) else "–")
+    if wide:
         table["rank"] = summary["rank"]
     table["n"] = [f"{n}/{r}" for n, r in zip(summary["n"], summary["runs"])]
     table["mean ± 95% CI"] = [f"{fmt(m)} ± {fmt((h - lo) / 2)}" if not _missing(lo) else fmt(m)
@@ -631,6 +654,8 @@ class Comparison:
     def findings_text(self, width: int = 100) -> str:
         import textwrap
 
+        if not any(self.findings.values()):
+            return ""
         lines = ["Findings:"]
         for task, sentences in self.findings.items():
             indent = "  "
@@ -643,8 +668,9 @@ class Comparison:
         return "\n".join(lines)
 
     def text(self, wide: bool = False) -> str:
-        return ((self.wide_table if wide else self.table).to_string(index=False) + "\n\n" + self.findings_text()
-                + "\n\n" + self.status_line())
+        parts = [(self.wide_table if wide else self.table).to_string(index=False), self.findings_text(),
+                 self.status_line()]
+        return "\n\n".join(p for p in parts if p)
 
     def write(self, out_dir: Path) -> list[Path]:
         """summary.csv (tidy, one row per group, raw numbers), summary.md (the readable table, then the

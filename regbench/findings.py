@@ -31,8 +31,11 @@ def _metric_label(metric: str) -> str:
     return upper.get(head, head.upper() if at else head) + (f"@{k}" if at else "")
 
 
-def _p(p: float) -> str:
-    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+def format_p(p: float) -> str:
+    """A p-value as every table and sentence shows it: three decimals ("0.500", "1.000"), two significant
+    digits in scientific notation below 0.001 ("5.8e-05")."""
+    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
+
 
 
 def _label(row: dict, keys: list[str]) -> str:
@@ -62,6 +65,14 @@ def task_findings(part: pd.DataFrame, keys: list[str]) -> list[str]:
             continue
         name, base = _label(row, keys), row["baseline"].partition("=")[2]
         n, delta, p_holm = int(row["n"]), row["delta"], row.get("p_holm", math.nan)
+        untrained = [f"{who} ({why})" for who, why in ((name, row.get("untrained")),
+                                                        (base, _untrained_of(part, row["baseline"])))
+                     if isinstance(why, str) and why]
+        if untrained:  # the difference is the protocol's, not the regimen's
+            out.append(f"{name} vs {base}: not a verdict on the regimen: this protocol did not train "
+                       f"{' or '.join(untrained)}; tune the learning rate, initialisation or length for it "
+                       "(regbench tune) before comparing")
+            continue
         base_row = part[part[row["baseline"].partition("=")[0]] == base] if row["baseline"] else part.iloc[0:0]
         n_base = int(base_row["n"].iloc[0]) if len(base_row) else 0
         pairs = int(row.get("n_pairs") or 0)
@@ -76,29 +87,49 @@ def task_findings(part: pd.DataFrame, keys: list[str]) -> list[str]:
                 out.append(f"{name}: {num(delta)}{unit} {'over' if delta > 0 else 'under'} {base} on every seed, "
                            f"the same difference each time ({n_text}): no spread, so no test")
             continue
-        interval = f"95% CI {num(row['delta_ci_low'])} to {num(row['delta_ci_high'])}"
+        low, high = row["delta_ci_low"], row["delta_ci_high"]
+        if points and (low < -1 or high > 1):  # wider than any difference of two [0, 1] values can be
+            interval = "95% CI too wide to read: wider than the metric's whole range"
+        else:
+            interval = f"95% CI {num(low)} to {num(high)}"
         if p_holm <= ALPHA:
             better = (delta > 0) == higher
             out.append(f"{name}: {num(delta)}{unit} {'over' if delta > 0 else 'under'} {base}, "
-                       f"{'better' if better else 'worse'} ({interval}, Holm-adjusted p = {_p(p_holm)}, {n_text})")
+                       f"{'better' if better else 'worse'} ({interval}, Holm-adjusted p = {format_p(p_holm)}, {n_text})")
         elif row["p_value"] <= ALPHA:  # significant alone, not over the task's comparisons together
             tested = int(part["p_holm"].notna().sum())
             out.append(f"{name}: no evidence of a difference from {base} at the 5% level: {num(delta)}{unit} "
-                       f"({interval}, p = {_p(row['p_value'])}), but Holm-adjusted over {tested} comparisons "
-                       f"p = {_p(p_holm)} ({n_text})")
+                       f"({interval}, p = {format_p(row['p_value'])}), but Holm-adjusted over {tested} comparisons "
+                       f"p = {format_p(p_holm)} ({n_text})")
         else:
             out.append(f"{name}: no evidence of a difference from {base} ({num(delta)}{unit}, {interval}, "
-                       f"Holm-adjusted p = {_p(p_holm)}, {n_text})")
+                       f"Holm-adjusted p = {format_p(p_holm)}, {n_text})")
     ranked = part.dropna(subset=["mean"])
     if len(ranked) > 1:
         best = ranked.iloc[0]
+        tied = ranked[(ranked["mean"] - best["mean"]).abs() <= 1e-12]
         note = "" if baseline else "; no baseline, so no differences are tested"
-        out.insert(0, f"highest mean {_metric_label(metric)}: {_label(best, keys)} "
-                      f"({best['mean'] * scale:.{digits}f}{' points' if points else ''}; ranks alone are not "
-                      f"evidence{note})" if higher else
-                      f"lowest mean {_metric_label(metric)}: {_label(best, keys)} ({best['mean']:.4f}; ranks alone "
-                      f"are not evidence{note})")
+        value = (f"{best['mean'] * scale:.{digits}f}{' points' if points else ''}" if higher
+                 else f"{best['mean']:.4f}")
+        word = "highest" if higher else "lowest"
+        if len(tied) == len(ranked):
+            out.insert(0, f"every group has the same mean {_metric_label(metric)} ({value}): no ranking")
+        elif len(tied) > 1:
+            names = ", ".join(_label(r, keys) for r in tied.to_dict("records"))
+            out.insert(0, f"{word} mean {_metric_label(metric)}, tied: {names} ({value}; ranks alone are not "
+                          f"evidence{note})")
+        else:
+            out.insert(0, f"{word} mean {_metric_label(metric)}: {_label(best, keys)} ({value}; ranks alone are "
+                          f"not evidence{note})")
     return out
+
+
+def _untrained_of(part: pd.DataFrame, baseline: str) -> str:
+    key, _, value = baseline.partition("=")
+    if "untrained" not in part or key not in part:
+        return ""
+    rows = part[part[key].astype(str) == value]
+    return str(rows["untrained"].iloc[0]) if len(rows) and isinstance(rows["untrained"].iloc[0], str) else ""
 
 
 def findings(summary: pd.DataFrame, keys: list[str]) -> dict[str, list[str]]:
@@ -109,6 +140,9 @@ def findings(summary: pd.DataFrame, keys: list[str]) -> dict[str, list[str]]:
 
 
 def markdown(found: dict[str, list[str]]) -> str:
+    """## Findings and its sentences; "" when there is nothing to say (no empty heading)."""
+    if not any(found.values()):
+        return ""
     lines = ["## Findings", ""]
     for task, sentences in found.items():
         if task:

@@ -109,8 +109,9 @@ def render(comparison, plot_files: list[Path], notes: list[str] = ()) -> str:
               f'<div class="scroll">{comparison.table.to_html(index=False, border=0, escape=True)}</div>',
               "<details><summary>Every column (std, min–max, rank, costs)</summary><div class=\"scroll\">",
               comparison.wide_table.to_html(index=False, border=0, escape=True), "</div></details>"]
-    parts += ["<h2>Findings</h2>"]
-    for task, sentences in comparison.findings.items():
+    if any(comparison.findings.values()):  # no empty heading when there is nothing to claim
+        parts += ["<h2>Findings</h2>"]
+    for task, sentences in (comparison.findings.items() if any(comparison.findings.values()) else ()):
         if task and len(comparison.findings) > 1:
             parts.append(f"<h3>{html.escape(task)}</h3>")
         parts.append("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in sentences) + "</ul>")
@@ -119,9 +120,12 @@ def render(comparison, plot_files: list[Path], notes: list[str] = ()) -> str:
     columns = [c for c in ("run_dir", "status", *comparison.keys, "seed", "best_epoch", "epochs_run", "train_time_s",
                            "error", "source") if c in runs and c != "task"]
     columns = (["task"] if "task" in runs else []) + list(dict.fromkeys(columns))
+    if "error" in columns and not runs["error"].map(lambda e: isinstance(e, str) and bool(e)).any():
+        columns.remove("error")  # a column of "None" says nothing
     metric_columns = sorted(c for c in runs.columns if c.startswith("test.") and "per_type" not in c)[:6]
+    table = runs[columns + metric_columns].astype(object).where(runs[columns + metric_columns].notna(), "–")
     parts += ["<h2>Every run</h2><details><summary>One row per run record</summary><div class=\"scroll\">",
-              runs[columns + metric_columns].to_html(index=False, border=0, na_rep="–"), "</div></details>",
+              table.to_html(index=False, border=0, na_rep="–"), "</div></details>",
               "</body></html>\n"]
     return "\n".join(parts)
 

@@ -132,3 +132,67 @@ def test_calibration_errors_are_lower_is_better_whatever_the_primary_metric(tmp_
     assert sentences[0].startswith("lowest mean ECE: bn (0.0250")
     assert any(s.startswith("bn: -0.0850 ECE under none, better") for s in sentences), sentences
     assert compare([sweep]).summary.set_index("regularizer").loc["bn", "higher_is_better"]  # accuracy: higher
+
+
+def _with_classes(sweep, classes: int = 10):
+    import json
+
+    for record in sweep.rglob("metrics.json"):
+        data = json.loads(record.read_text())
+        data["data"] = {"classes": classes}
+        record.write_text(json.dumps(data))
+    return sweep
+
+
+def test_a_group_this_protocol_did_not_train_is_named_not_ranked_below(tmp_path):
+    """`none` and `dropout` at chance (1/10, no spread) on CNN-13 at lr 0.05 in 6 epochs: until 2026-12-05
+    the findings credited bn with +52.8 points over none as if the regimen, not the protocol, had lost."""
+    values = {"none": [0.1, 0.1, 0.1], "dropout": [0.1, 0.1, 0.1], "bn": [0.60, 0.63, 0.65]}
+    comparison = compare([_with_classes(make_sweep(tmp_path / "s", values))])
+    sentences = comparison.findings["cifar10"]
+    about_bn = next(s for s in sentences if s.startswith("bn vs none"))
+    assert "not a verdict on the regimen" in about_bn and "none (accuracy at chance (1/10) on every seed)" in about_bn
+    assert not any("over none" in s or "better" in s for s in sentences)
+    assert comparison.summary.set_index("regularizer").loc["dropout", "untrained"].startswith("accuracy at chance")
+    assert comparison.summary.set_index("regularizer").loc["bn", "untrained"] == ""
+
+
+def test_ties_wide_intervals_and_p_values_are_written_as_they_are(tmp_path):
+    tied = compare([make_sweep(tmp_path / "t", {"none": [0.1] * 3, "bn": [0.1] * 3, "dropout": [0.1] * 3})])
+    assert tied.findings["cifar10"][0] == "every group has the same mean accuracy (10.0 points): no ranking"
+    two = compare([make_sweep(tmp_path / "two", {"none": [0.5, 0.6, 0.7], "dropout": [0.5, 0.6, 0.7],
+                                                 "bn": [0.2, 0.3, 0.35]})])
+    assert two.findings["cifar10"][0].startswith("highest mean accuracy, tied: none, dropout (60.0 points")
+    wide = compare([make_sweep(tmp_path / "w", {"none": [0.1, 0.9, 0.2], "bn": [0.9, 0.2, 0.95]})])
+    about_bn = next(s for s in wide.findings["cifar10"] if s.startswith("bn:"))
+    assert "95% CI too wide to read" in about_bn and "-1" not in about_bn.split("CI")[1][:20]
+    table = wide.table.set_index("regularizer")
+    p = table.loc["bn", "p"]
+    assert p == f"{wide.summary.set_index('regularizer').loc['bn', 'p_value']:.3f}"  # three decimals, as findings
+    from regbench.findings import format_p
+
+    assert (format_p(0.5), format_p(1.0), format_p(0.379), format_p(5.8e-05)) == ("0.500", "1.000", "0.379",
+                                                                                   "5.8e-05")
+
+
+def test_nothing_to_claim_has_no_findings_heading(tmp_path):
+    one = compare([make_sweep(tmp_path / "s", {"bn": [0.8, 0.82]})])
+    assert "Findings" not in one.text()
+    one.write(tmp_path / "out")
+    assert "## Findings" not in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_a_table_of_tasks_with_different_metrics_names_each_rows_metric(tmp_path):
+    import json
+
+    from test_compare import write_run
+
+    for job, (task, seed) in enumerate([("cifar10", 0), ("cifar10", 1), ("conll2003", 0), ("conll2003", 1)]):
+        write_run(tmp_path / "s" / str(job), "none", seed, 0.5 + seed / 10, task=task)
+        if task == "conll2003":
+            path = tmp_path / "s" / str(job) / "metrics.json"
+            record = json.loads(path.read_text())
+            record.update(primary_metric="f1", test={"f1": 0.7 + seed / 10})
+            path.write_text(json.dumps(record))
+    table = compare([tmp_path / "s"]).table.set_index("task")
+    assert table.loc["cifar10", "metric"] == "test.accuracy" and table.loc["conll2003", "metric"] == "test.f1"
