@@ -66,7 +66,7 @@ class SweepResultsCallback(Callback):
 
     @staticmethod
     def _write_summary(sweep_dir: Path) -> None:
-        from regbench.compare import compare
+        from regbench.compare import compare, files_line
 
         try:  # the grouped summary is a convenience: a problem with it must not fail a finished sweep
             import pandas as pd
@@ -74,7 +74,7 @@ class SweepResultsCallback(Callback):
             comparison = compare([sweep_dir])
             files = comparison.write(sweep_dir)
             with pd.option_context("display.width", 250, "display.max_columns", None):
-                print(f"\n{comparison.text()}\nsummary: {', '.join(str(f) for f in files)}")
+                print(f"\n{comparison.text()}\n{files_line(files, 'summary:')}")
         except Exception as err:  # noqa: BLE001 - logged, and `regbench compare` can redo it
             log.warning("could not write the sweep summary (%s: %s); run `regbench compare %s`",
                         type(err).__name__, err, sweep_dir)

@@ -160,7 +160,9 @@ def run_subcommand(argv: list[str]) -> int:
     """`regbench compare|report ...`; returns the exit code (2 for anything the user can fix)."""
     import pandas as pd
 
-    from regbench.compare import compare
+    import textwrap
+
+    from regbench.compare import TERMINAL_WIDTH, compare, files_line
 
     args = _subcommand_parser().parse_args(argv)
     try:
@@ -188,8 +190,8 @@ def run_subcommand(argv: list[str]) -> int:
             with pd.option_context("display.width", 250, "display.max_columns", None):
                 print(comparison.text(wide=args.wide))
             for note in notes:
-                print(f"note: {note}")
-            print("\nwrote " + ", ".join(str(f) for f in files))
+                print(textwrap.fill(f"note: {note}", TERMINAL_WIDTH, subsequent_indent="  "))
+            print("\n" + files_line(files))
         else:
             from regbench.report import write_report
 
@@ -223,8 +225,10 @@ def _ensemble(args) -> int:
     result = ensemble(args.paths, by=args.by)
     out = args.out or _default_out(args.paths, "ensemble")
     files = result.write(out)
+    from regbench.compare import files_line
+
     print(result.text())
-    print("\nwrote " + ", ".join(str(f) for f in files))
+    print("\n" + files_line(files))
     return 0
 
 
@@ -275,7 +279,38 @@ def main() -> None:
         sys.exit(2)
     if any(a in ("--help", "-h") for a in sys.argv[1:]):
         _help_in_100_columns()
+    if any(a in PRINTING_FLAGS for a in sys.argv[1:]):
+        _say_which_job_is_shown(sys.argv[1:])
     train()
+
+
+def _say_which_job_is_shown(argv: list[str]) -> None:
+    """`regbench experiment=study --cfg job` composes a grid's first job: say so, on stderr (stdout stays
+    the YAML), with the grid's size and how to see another job."""
+    import math
+    import textwrap
+
+    from regbench.preflight import FLAGS_WITH_VALUE, compose_config
+
+    overrides, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("-"):
+            skip = arg in FLAGS_WITH_VALUE and not skip
+            continue
+        overrides.append(arg)
+    try:
+        cfg = compose_config(overrides, with_hydra=True)
+    except Exception:  # noqa: BLE001 - Hydra itself reports what does not compose
+        return
+    params = cfg.hydra.sweeper.get("params") or {}
+    if str(cfg.hydra.mode) != "RunMode.MULTIRUN" or not params:
+        return
+    values = {key: str(value).split(",") for key, value in params.items()}
+    jobs = math.prod(len(v) for v in values.values())
+    first = " ".join(f"{key}={v[0]}" for key, v in values.items())
+    note = (f"note: this is a grid of {jobs} jobs ({' x '.join(values)}); shown: job 1 of {jobs} ({first}); "
+            "give one value of each to see another job")
+    print(textwrap.fill(note, 100, subsequent_indent="  "), file=sys.stderr)
 
 
 def _help_in_100_columns() -> None:

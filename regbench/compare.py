@@ -525,6 +525,7 @@ def _rank(summary: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 
 
 # -- presentation ----------------------------------------------------------------------------------
+TERMINAL_WIDTH = 100  # what regbench prints fits a terminal this wide (wider tables wrap into blocks)
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and not math.isfinite(value))
 
@@ -668,9 +669,11 @@ class Comparison:
         return "\n".join(lines)
 
     def text(self, wide: bool = False) -> str:
-        parts = [(self.wide_table if wide else self.table).to_string(index=False), self.findings_text(),
-                 self.status_line()]
-        return "\n\n".join(p for p in parts if p)
+        import textwrap
+
+        table = (self.wide_table if wide else self.table).to_string(index=False, line_width=TERMINAL_WIDTH)
+        status = textwrap.fill(self.status_line(), TERMINAL_WIDTH, break_on_hyphens=False)
+        return "\n\n".join(p for p in (table, self.findings_text(), status) if p)
 
     def write(self, out_dir: Path) -> list[Path]:
         """summary.csv (tidy, one row per group, raw numbers), summary.md (the readable table, then the
@@ -686,6 +689,21 @@ class Comparison:
                                     f"Every column:\n\n{full}\n")
         write_text_atomic(files[2], to_latex(self.table))
         return files
+
+
+def files_line(files: Sequence[Path], verb: str = "wrote") -> str:
+    """"wrote 13 files in DIR: a.csv, b.md, ..." folded at TERMINAL_WIDTH (it was one 800-column line)."""
+    import os
+    import textwrap
+
+    files = [Path(f) for f in files]
+    if not files:
+        return f"{verb} nothing"
+    folder = Path(os.path.commonpath([str(f.parent) for f in files])) if len(files) > 1 else files[0].parent
+    names = ", ".join(f.relative_to(folder).as_posix() for f in files)
+    line = f"{verb} {_plural(len(files), 'file')} in {folder}: {names}"
+    return textwrap.fill(line, TERMINAL_WIDTH, subsequent_indent="  ", break_on_hyphens=False,
+                         break_long_words=False)
 
 
 def runs_table(runs: pd.DataFrame) -> str:
@@ -707,7 +725,7 @@ def runs_table(runs: pd.DataFrame) -> str:
     table["metric"] = metrics.fillna("–")
     if "train_time_s" in runs:
         table["train s"] = runs["train_time_s"].map(lambda v: fmt(v, 1))
-    return table.to_string(index=False)
+    return table.to_string(index=False, line_width=TERMINAL_WIDTH)
 
 
 def compare(paths: Iterable[str | Path], by: Sequence[str] | None = None, metric: str | None = None,

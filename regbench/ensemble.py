@@ -23,7 +23,7 @@ import torch
 
 from regbench import metrics, ranking
 from regbench.calibration import calibration
-from regbench.compare import LOWER_IS_BETTER, CompareError, key_values, label_keys, load_runs
+from regbench.compare import LOWER_IS_BETTER, TERMINAL_WIDTH, CompareError, key_values, label_keys, load_runs
 from regbench.fileio import write_csv_atomic, write_text_atomic
 from regbench.record import TEST_OUTPUTS_FILE, read_test_outputs
 
@@ -90,9 +90,13 @@ class Ensembles:
 
     def text(self) -> str:
         shown = [m for m in (self.metrics[0], "ece") if m in self.metrics]
-        columns = [c for m in shown for c in (f"ensemble.{m}", f"member_mean.{m}", f"gain.{m}")]
-        return self.table[[*self.keys, "n_members", *columns]].to_string(index=False,
-                                                                         float_format=lambda v: f"{v:.4f}")
+        # short headers for the terminal (ensemble.csv keeps the full names)
+        headers = {"n_members": "members"}
+        for m in shown:
+            headers.update({f"ensemble.{m}": f"{m} ensemble", f"member_mean.{m}": f"{m} members",
+                            f"gain.{m}": f"{m} gain"})
+        table = self.table[[*self.keys, *headers]].rename(columns=headers)
+        return table.to_string(index=False, float_format=lambda v: f"{v:.4f}", line_width=TERMINAL_WIDTH)
 
 
 def ensemble(paths, by=None) -> Ensembles:

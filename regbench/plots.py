@@ -234,6 +234,7 @@ def learning_curves(comparison, histories: dict[str, pd.DataFrame]) -> Figure:
         metric = _metric_name(part)
         train_loss, val_loss = _loss_names(_task_rows(comparison.runs, task))
         last_epoch = 1
+        drawn: set[tuple[str, str]] = set()  # (quantity, split) that have a curve: the labels name only those
         # Two different quantities (MovieLens: a sampled training loss, a full-ranking validation loss)
         # never share an axis: the validation loss gets its own, on the right.
         val_axis = grid[0, col] if train_loss == val_loss else grid[0, col].twinx()
@@ -252,6 +253,7 @@ def learning_curves(comparison, histories: dict[str, pd.DataFrame]) -> Figure:
                     if not series:
                         continue
                     table = pd.concat(series, axis=1)
+                    drawn.add((quantity, split))
                     first_line = quantity == "loss" and split == "train"
                     # markers: a group of one epoch is a point, not an invisible line
                     ax.plot(table.index, table.mean(axis=1), style, color=color, lw=1.4, marker=marker,
@@ -266,7 +268,8 @@ def learning_curves(comparison, histories: dict[str, pd.DataFrame]) -> Figure:
         else:
             grid[0, col].set_ylabel(textwrap.fill(f"train loss (solid, filled): {train_loss}", 45), fontsize=8)
             val_axis.set_ylabel(textwrap.fill(f"val loss (dashed, hollow): {val_loss}", 45), fontsize=8)
-        grid[1, col].set_ylabel(f"{metric} (solid train, dashed val)", fontsize=9)
+        styles = [text for split, text in (("train", "solid train"), ("val", "dashed val")) if (metric, split) in drawn]
+        grid[1, col].set_ylabel(f"{metric} ({', '.join(styles)})" if styles else metric, fontsize=9)
         for ax in grid[:, col]:
             ax.set_xlim(0.5, last_epoch + 0.5)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))

@@ -243,3 +243,33 @@ def test_what_hydra_would_answer_with_pages_is_one_line_that_says_what_was_meant
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert message in err and "model.init" not in err and "min_rating" not in err, err
     assert not (tmp_path / "outputs").exists()
+
+
+def test_what_compare_and_ensemble_print_fits_100_columns(tmp_path, capsys):
+    """The end-of-sweep status line was 194 columns, compare --plots' "wrote" line about 800, the ensemble
+    table 115."""
+    import pandas as pd
+
+    from regbench.cli import run_subcommand
+    from regbench.ensemble import Ensembles
+    from test_compare import make_sweep
+
+    values = {name: [0.5 + i / 100, 0.52 + i / 100, 0.55] for i, name in
+              enumerate(["none", "bn", "dropout", "bn_dropout", "bn_dropout_gc", "label_smoothing", "mixup"])}
+    sweep = make_sweep(tmp_path / "a-rather-long-sweep-directory-name" / "sweep", values)
+    assert run_subcommand(["compare", str(sweep), "--plots", "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote " in printed and "summary.csv" in printed and "test_metric.png" in printed
+    assert max(map(len, printed.splitlines())) <= 100, printed
+    metrics = ["accuracy", "ece"]
+    table = pd.DataFrame([{"regularizer": "bn_dropout_gc", "n_members": 3, **{f"{w}.{m}": 0.5 for m in metrics
+                                                                             for w in ("ensemble", "member_mean",
+                                                                                       "gain")}}])
+    text = Ensembles(table=table, keys=["regularizer"], metrics=metrics).text()
+    assert max(map(len, text.splitlines())) <= 100 and "accuracy ensemble" in text
+
+
+def test_the_config_of_a_grid_says_which_job_it_shows(tmp_path, cli_env):
+    result = regbench(["experiment=study", "--cfg", "job"], cli_env, tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("model:")
+    assert "shown: job 1 of 45 (task=cifar10 regularizer=none seed=0)" in " ".join(result.stderr.split())

@@ -196,3 +196,15 @@ def test_a_table_of_tasks_with_different_metrics_names_each_rows_metric(tmp_path
             path.write_text(json.dumps(record))
     table = compare([tmp_path / "s"]).table.set_index("task")
     assert table.loc["cifar10", "metric"] == "test.accuracy" and table.loc["conll2003", "metric"] == "test.f1"
+
+
+def test_the_reports_run_table_shows_no_none(tmp_path):
+    from regbench.report import render
+
+    import json
+
+    sweep = make_sweep(tmp_path / "s", {"none": [0.8, 0.82], "bn": [0.85, 0.86]})
+    for path in sweep.rglob("metrics.json"):  # as the runner writes it: "error": null for a run that did not fail
+        path.write_text(json.dumps({**json.loads(path.read_text()), "error": None}))
+    page = render(compare([sweep]), [])
+    assert ">None<" not in page and "<th>error</th>" not in page  # no run failed: no error column

@@ -17,6 +17,12 @@ def test_movielens_losses_that_measure_different_things_get_their_own_axes(small
     assert "train loss (solid, filled): in-batch softmax cross-entropy (log-Q corrected)" in labels
     assert "val loss (dashed, hollow): cross-entropy of each held-out item against all items" in labels
     assert len(figure.axes) == 3  # loss, its twin for the validation loss, and the metric
+    histories = run_histories(comparison.runs)
+    metric_axis = figure.axes[1]
+    has_train_metric = any(f"train_{comparison.summary['metric'].iloc[0].split('.', 1)[1]}" in h for h in
+                           histories.values())
+    assert ("solid train" in metric_axis.get_ylabel()) == has_train_metric  # no legend for a curve not drawn
+    assert "dashed val" in metric_axis.get_ylabel()
 
 
 def test_losses_of_one_kind_share_an_axis(small_run, tmp_path):
