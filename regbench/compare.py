@@ -432,6 +432,9 @@ def summarise(runs: pd.DataFrame, by: Sequence[str], metric: str | None = None,
                    min=float(x.min()) if len(x) else math.nan, max=float(x.max()) if len(x) else math.nan,
                    seeds=" ".join(str(s) for s in sorted(values)))
         row["untrained"] = _untrained(members, metric_name, x)
+        # runs whose costs were measured while other processes took CPUs they needed (record's load)
+        row["contended"] = int(members["load.contended"].fillna(False).astype(bool).sum()) \
+            if "load.contended" in members else 0
         for status in STATUSES:
             row[status] = int((group["status"] == status).sum())
         # a seed completed by two different runs of one group (e.g. with --by) is averaged once, its latest
@@ -612,6 +615,8 @@ def display_table(summary: pd.DataFrame, keys: Sequence[str], baseline: str | No
         table["train s"] = summary["train_time_s"].map(lambda v: fmt(v, 1))
         table["peak MiB"] = summary["peak_memory_mib"].map(lambda v: fmt(v, 0))
         table["gap"] = summary["gap"].map(fmt)
+        if summary["contended"].any():
+            table["contended"] = [f"{c}/{n}" if c else "" for c, n in zip(summary["contended"], summary["n"])]
     problems = _problems(summary)
     if any(problems):
         table["not averaged"] = [p or "" for p in problems]
@@ -647,6 +652,10 @@ class Comparison:
                 f"metric: {metrics or '–'}; only completed runs are averaged; grouped by {', '.join(self.keys)}")
         if duplicates:
             line += f"; {_plural(duplicates, 'repeated record')} of the same runs counted once"
+        contended = int(self.summary["contended"].sum()) if "contended" in self.summary else 0
+        if contended:
+            line += (f"; costs of {_plural(contended, 'run')} measured under contention (other processes took "
+                     "CPUs they needed: their times are not the regimen's; see the contended column)")
         if tests & {"paired t", "Welch t"}:
             line += "; p: paired t-test over seeds" + (" (Welch's t where the seeds differ)" if "Welch t" in tests
                                                        else "") + ", Holm-adjusted over each task's comparisons"

@@ -200,6 +200,10 @@ def quality_vs_cost(summary: pd.DataFrame, keys: list[str]) -> Figure:
             if left_out:
                 ax.text(0.02, 0.02, "not on this axis: " + ", ".join(left_out), transform=ax.transAxes, fontsize=7,
                         va="bottom", ha="left", color="0.35")
+            contended = int(part["contended"].sum()) if "contended" in part else 0
+            if column == "train_time_s" and contended:
+                ax.text(0.98, 0.02, f"{contended} run{'s' if contended != 1 else ''} timed under contention",
+                        transform=ax.transAxes, fontsize=7, va="bottom", ha="right", color="C3")
             ax.xaxis.set_major_formatter(EngFormatter(unit="s" if column == "train_time_s" else ""))
             ax.set_xlabel(title)
             ax.set_ylabel(f"{task}: test {_metric_name(part)}")

@@ -103,6 +103,9 @@ class RunRecord:
     peak_memory_kind: str | None = None
     device: str | None = None
     threads: int | None = None
+    # the machine's load around the run (regbench.machine_load): cpus, threads, loadavg_start/end,
+    # other_cpus (CPUs other processes kept busy), contended (its times are not the regimen's alone)
+    load: dict[str, Any] | None = None
     precision: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=dict)

@@ -22,6 +22,8 @@ from regbench import checkpoints, complexity, distributed, gradients, loop, trac
 from regbench.compression import compression_results
 from regbench.provenance import git_state, host, versions
 from regbench.errors import RegbenchError
+from regbench.launchers import available_cpus
+from regbench.machine_load import LoadWatch
 from regbench.record import TEST_OUTPUTS_FILE, RecordWriter, RunRecord, Status, read_history, write_test_outputs
 from regbench.regimen import Regimen
 from regbench.validation import validate
@@ -67,6 +69,7 @@ class Run(loop.FitHooks):
         self.handoff: Any = None  # a scheduler wrapper's SIGUSR2 handler, called once the record is written
         self.device: torch.device | None = None
         self.training: loop.Training | None = None
+        self.load: LoadWatch | None = None  # started once the run has its threads
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
@@ -142,6 +145,12 @@ class Run(loop.FitHooks):
 
     def _finish(self) -> None:
         self.record.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if self.load is not None:
+            self.record.load = self.load.summary()
+            if self.record.load["contended"]:
+                log.warning("other processes kept %s of the %d CPUs this run could use busy while it ran: its times "
+                            "are flagged as measured under contention", self.record.load["other_cpus"],
+                            self.record.load["cpus"])
         self.writer.write_history(self.history)
         self.writer.write(self.record)
         if Status(self.record.status).final and self.ranks.is_main:
@@ -208,6 +217,7 @@ class Run(loop.FitHooks):
         if self.threads:
             torch.set_num_threads(int(self.threads))
         record.threads = torch.get_num_threads()
+        self.load = LoadWatch.start(available_cpus(), record.threads)
         device = self.device or loop.resolve_device(cfg.trainer.device)
         record.device = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
         record.precision = "bf16" if loop.uses_bf16(cfg.trainer.precision, device) else "fp32"
