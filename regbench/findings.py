@@ -65,13 +65,18 @@ def task_findings(part: pd.DataFrame, keys: list[str]) -> list[str]:
             continue
         name, base = _label(row, keys), row["baseline"].partition("=")[2]
         n, delta, p_holm = int(row["n"]), row["delta"], row.get("p_holm", math.nan)
-        untrained = [f"{who} ({why})" for who, why in ((name, row.get("untrained")),
-                                                        (base, _untrained_of(part, row["baseline"])))
+        untrained = [(who, why) for who, why in ((name, row.get("untrained")),
+                                                  (base, _untrained_of(part, row["baseline"])))
                      if isinstance(why, str) and why]
         if untrained:  # the difference is the protocol's, not the regimen's
-            out.append(f"{name} vs {base}: not a verdict on the regimen: this protocol did not train "
-                       f"{' or '.join(untrained)}; tune the learning rate, initialisation or length for it "
-                       "(regbench tune) before comparing")
+            if len(untrained) == 1:
+                what = f"did not train {untrained[0][0]} ({untrained[0][1]})"
+            elif untrained[0][1] == untrained[1][1]:
+                what = f"trained neither {name} nor {base} ({untrained[0][1]}, both)"
+            else:
+                what = f"trained neither {name} ({untrained[0][1]}) nor {base} ({untrained[1][1]})"
+            out.append(f"{name} vs {base}: not a verdict on the regimen: this protocol {what}; tune the learning "
+                       "rate, initialisation or length for each regimen before comparing")
             continue
         base_row = part[part[row["baseline"].partition("=")[0]] == base] if row["baseline"] else part.iloc[0:0]
         n_base = int(base_row["n"].iloc[0]) if len(base_row) else 0

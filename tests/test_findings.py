@@ -208,3 +208,10 @@ def test_the_reports_run_table_shows_no_none(tmp_path):
         path.write_text(json.dumps({**json.loads(path.read_text()), "error": None}))
     page = render(compare([sweep]), [])
     assert ">None<" not in page and "<th>error</th>" not in page  # no run failed: no error column
+
+
+def test_two_untrained_groups_are_named_together(tmp_path):
+    values = {"none": [0.1, 0.1, 0.1], "dropout": [0.1, 0.1, 0.1]}
+    sentences = compare([_with_classes(make_sweep(tmp_path / "s", values))]).findings["cifar10"]
+    assert ("dropout vs none: not a verdict on the regimen: this protocol trained neither dropout nor none "
+            "(accuracy at chance (1/10) on every seed, both)") in " ".join(sentences)
