@@ -179,6 +179,16 @@ FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "-
 SUBCOMMAND_OPTIONS = ("--by", "--metric", "--baseline", "--no-baseline", "--bootstrap", "--out", "--plots", "--wide")
 
 
+def merge_overrides(*groups: Sequence[str]) -> list[str]:
+    """Overrides from several sources (defaults, then changes) as one command line with each key once, the
+    last value winning, in first-seen order: regbench refuses a key given twice, so a script that builds a
+    command from defaults and changes merges them first."""
+    merged: dict[str, str] = {}
+    for override in (o for group in groups for o in group):
+        merged[override.partition("=")[0].lstrip("+~")] = override
+    return list(merged.values())
+
+
 def check_words(argv: Sequence[str], subcommands: Sequence[str]) -> None:
     """What Hydra's parser would answer with a usage page or a parse error, as one line that says what
     was meant: a misspelt subcommand, `regularizer bn` for regularizer=bn, a compare option given to a

@@ -34,6 +34,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from regbench.preflight import merge_overrides
+
 TASKS = ("cifar10", "conll2003", "movielens")
 REGIMENS = ("none", "bn", "dropout", "bn_dropout", "bn_dropout_gc")
 SNAPSHOT_EVERY_S = 40
@@ -104,7 +106,7 @@ def command(job: Job, smoke: bool, extra: list[str]) -> list[str]:
             "trainer.save_checkpoint=false"]
     if smoke:
         args += SMOKE_COMMON + SMOKE[job.task]
-    return args + extra
+    return args[:3] + merge_overrides(args[3:], extra)  # `extra` wins: regbench refuses a key given twice
 
 
 def run_seed(seed: int, opts, work: Path, start: float, logfile: Path, out_dir: Path) -> list[Job]:

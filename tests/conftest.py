@@ -20,6 +20,7 @@ from PIL import Image
 
 from regbench import runner
 from regbench.data.cifar10 import CLASSES
+from regbench.preflight import merge_overrides
 from regbench.validation import validate
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -158,11 +159,13 @@ def outputs_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def tiny_overrides(data_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
-    """CIFAR-10 overrides that make a real run take about a second on a CPU (for command lines)."""
-    return [f"paths.data_dir={data_dir}", f"paths.cache_dir={cache_dir}",
-            f"paths.output_dir={cache_dir.parent / 'outputs'}", "model.width=0.0625",
-            "data.val_size=20", "data.train_eval_size=20", "trainer.max_epochs=1", "trainer.batch_size=16",
-            "trainer.eval_batch_size=32", "trainer.progress=false", "trainer.device=cpu", *extra]
+    """CIFAR-10 overrides that make a real run take about a second on a CPU (for command lines); `extra`
+    may change them (each key once: regbench refuses a key given twice)."""
+    return merge_overrides([f"paths.data_dir={data_dir}", f"paths.cache_dir={cache_dir}",
+                            f"paths.output_dir={cache_dir.parent / 'outputs'}", "model.width=0.0625",
+                            "data.val_size=20", "data.train_eval_size=20", "trainer.max_epochs=1",
+                            "trainer.batch_size=16", "trainer.eval_batch_size=32", "trainer.progress=false",
+                            "trainer.device=cpu"], extra)
 
 
 @pytest.fixture

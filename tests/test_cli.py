@@ -57,8 +57,8 @@ def test_two_job_multirun_writes_a_two_row_results_csv(tiny_data_dir, tmp_path, 
 
 def test_a_multirun_summarises_itself_and_compare_and_report_draw_it(tiny_data_dir, tmp_path, cli_env):
     sweep = tmp_path / "sweep"
-    args = ["-m", "regularizer=none,bn_dropout", *tiny_overrides(tiny_data_dir, tmp_path / "cache"),
-            "trainer.max_epochs=2", f"hydra.sweep.dir={sweep}"]
+    args = ["-m", "regularizer=none,bn_dropout", *tiny_overrides(tiny_data_dir, tmp_path / "cache",
+                                                                 "trainer.max_epochs=2"), f"hydra.sweep.dir={sweep}"]
     result = regbench(args, cli_env, tmp_path)
     assert result.returncode == 0, result.stderr
     # Hydra's multirun-end callback wrote the grouped summary into the sweep directory.
@@ -147,8 +147,8 @@ def test_a_sweep_with_a_run_that_cannot_start_finishes_the_others_and_exits_1(ti
                                      "image_size, width):\n    return nn.Sequential(nn.Flatten(), nn.Linear("
                                      "in_channels * image_size ** 2 // width, num_classes))\n")
     sweep = tmp_path / "sweep"
-    args = ["-m", "model=custom", "model._target_=net.build", *tiny_overrides(tiny_data_dir, tmp_path / "cache"),
-            "model.width=1,0", f"hydra.sweep.dir={sweep}"]
+    args = ["-m", "model=custom", "model._target_=net.build",
+            *tiny_overrides(tiny_data_dir, tmp_path / "cache", "model.width=1,0"), f"hydra.sweep.dir={sweep}"]
     result = regbench(args, cli_env, tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
@@ -159,7 +159,9 @@ def test_a_sweep_with_a_run_that_cannot_start_finishes_the_others_and_exits_1(ti
     assert "Traceback" not in result.stderr
     assert list(pd.read_csv(sweep / "results.csv")["status"]) == ["completed"]
 
-    result = regbench(args[:-2] + ["model.width=1", f"hydra.sweep.dir={sweep}"], cli_env, tmp_path)
+    again = ["-m", "model=custom", "model._target_=net.build",
+             *tiny_overrides(tiny_data_dir, tmp_path / "cache", "model.width=1"), f"hydra.sweep.dir={sweep}"]
+    result = regbench(again, cli_env, tmp_path)
     assert result.returncode == 1 and "already completed" in result.stderr  # run 1 is still broken
 
 
@@ -239,6 +241,8 @@ def test_what_hydra_would_answer_with_pages_is_one_line_that_says_what_was_meant
     """Each of these ran the wrong grid, printed a usage page or a parse stack, or suggested a key of
     another model or task (model.init for model.width) until 2026-12-05."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "my_model", raising=False)  # imported by another test in this process
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p).name != "examples"])
     code, err = in_process(args, monkeypatch, capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert message in err and "model.init" not in err and "min_rating" not in err, err

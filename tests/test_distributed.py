@@ -102,7 +102,7 @@ LATER = 2e-3
 @pytest.mark.parametrize("task", ["cifar10", "conll"])
 def test_two_processes_train_the_same_run_as_one(task, tiny_data_dir, tiny_corpus_dir, tmp_path, cli_env):
     if task == "cifar10":
-        args = [*tiny_overrides(tiny_data_dir, tmp_path / "cache"), "regularizer=bn", "trainer.max_epochs=2"]
+        args = tiny_overrides(tiny_data_dir, tmp_path / "cache", "regularizer=bn", "trainer.max_epochs=2")
         layers = sum(1 for item in ARCHITECTURE if item != "pool")  # regularizer=bn: BN after every convolution
     else:
         args = ["task=conll", f"data.dir={tiny_corpus_dir}", "regularizer=bn", "trainer.max_epochs=2",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from regbench.cli import _subcommand_parser
-from regbench.preflight import allow_new_keys, check_command_line
+from regbench.cli import SUBCOMMANDS, _subcommand_parser
+from regbench.preflight import allow_new_keys, check_command_line, check_words
 from test_report_browser import browser  # noqa: F401  (the headless Chromium fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +71,7 @@ def test_every_command_in_the_guide_is_valid(page, command, folder, monkeypatch)
         return
     if PLACEHOLDER.search(command):
         pytest.skip("has a placeholder for the reader to fill in")
+    check_words(args, SUBCOMMANDS)  # no key given twice, no stray word: what the command itself checks first
     if any(a.startswith(("--cfg", "--help", "--info", "--version", "-c")) for a in args):
         return
     check_command_line(allow_new_keys(args), machine=False)
@@ -203,7 +204,7 @@ def test_every_run_command_in_the_guide_trains_at_smoke_scale(tiny_study_data, t
             (tiny_study_data / "conll2003" / f"{split}.txt").read_text())
     write_folder(tiny_study_data / "flowers", {"train": 12, "test": 6})
     ran, seen = [], set()
-    for page, command in COMMANDS:
+    for page, command, _ in COMMANDS:
         args = shlex.split(command)[1:]
         if not args or args[0] in ("compare", "report", "ensemble", "export") or PLACEHOLDER.search(command):
             continue

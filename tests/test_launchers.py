@@ -77,8 +77,8 @@ def test_parallel_workers_find_a_model_in_the_working_folder(tiny_data_dir, tmp_
     env = {k: v for k, v in cli_env.items() if k != "PYTHONPATH"}
     sweep = tmp_path / "sweep"
     args = ["-m", "hydra/launcher=parallel", "model=custom", "model._target_=my_model.build",
-            "regularizer=none,bn", f"hydra.sweep.dir={sweep}", *tiny_overrides(tiny_data_dir, tmp_path / "cache"),
-            "model.width=8"]
+            "regularizer=none,bn", f"hydra.sweep.dir={sweep}",
+            *tiny_overrides(tiny_data_dir, tmp_path / "cache", "model.width=8")]
     result = subprocess.run([sys.executable, "-m", "regbench", *args], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -49,8 +49,8 @@ def no_half_written_files(root: Path) -> None:
 def test_a_sweep_killed_mid_run_finishes_each_run_exactly_once_when_run_again(tiny_data_dir, tmp_path, cli_env):
     # 12 epochs: on tiny data an epoch can take tens of milliseconds, and job 1's last.pt must live long
     # enough between its first and last epoch for the poll below to see it (3 epochs raced it ~1 in 4).
-    grid = ["-m", "regularizer=none,bn_dropout,dropout", "trainer.max_epochs=12",
-            *tiny_overrides(tiny_data_dir, tmp_path / "cache")]
+    grid = ["-m", "regularizer=none,bn_dropout,dropout",
+            *tiny_overrides(tiny_data_dir, tmp_path / "cache", "trainer.max_epochs=12")]
     sweep = tmp_path / "sweep"
     command = [*grid, f"hydra.sweep.dir={sweep}"]
 

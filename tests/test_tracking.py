@@ -143,7 +143,7 @@ def test_a_multirun_with_logger_mlflow_exports_at_the_end_under_the_parallel_lau
 
     uri = f"sqlite:///{tmp_path / 'sweep.db'}"
     command = [sys.executable, "-m", "regbench", "-m", *tiny_overrides(tiny_data_dir, tmp_path / "cache"),
-               "regularizer=none,bn", "trainer.device=cpu", "logger=mlflow", f"logger.tracking_uri={uri}",
+               "regularizer=none,bn", "logger=mlflow", f"logger.tracking_uri={uri}",
                "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     result = subprocess.run(command, capture_output=True, text=True, env=cli_env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
