@@ -98,6 +98,11 @@ class Earlier:
     def finished(self) -> bool:
         return self.record is not None and self.record.get("status") in (Status.COMPLETED, Status.DIVERGED)
 
+    @property
+    def pruned(self) -> bool:
+        """A tuning trial stopped by its pruner: reused by the tuner, trained afresh by anyone else."""
+        return self.record is not None and self.record.get("status") == Status.PRUNED
+
 
 def find_earlier(cfg: DictConfig, rid: str, run_dir: Path) -> Earlier | None:
     """The run's own directory first, then the indexed one; None when neither holds this run."""
@@ -115,7 +120,7 @@ def find_earlier(cfg: DictConfig, rid: str, run_dir: Path) -> Earlier | None:
             continue  # a directory reused by another configuration
         checkpoint = directory / CHECKPOINT_DIR / LAST_CHECKPOINT
         earlier = Earlier(directory, record, checkpoint if checkpoint.is_file() else None)
-        if earlier.finished or earlier.checkpoint is not None:
+        if earlier.finished or earlier.pruned or earlier.checkpoint is not None:
             return earlier
     return None
 

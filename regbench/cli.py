@@ -74,7 +74,7 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def tuning_score(record: dict) -> float | None:
-    """What a sweeper (hydra/sweeper=tune) maximises: the primary metric on the validation split at the
+    """What a tuner (`regbench tune`, a Hydra sweeper) maximises: the primary metric on the validation split at the
     best epoch, negated where lower is better. Never the test split. A diverged run scores NaN, which
     Optuna records as a failed trial."""
     if record.get("status") == "diverged":
@@ -256,6 +256,8 @@ OPENMP_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
 def main() -> None:
     for name, value in OPENMP_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    if sys.argv[1:2] == ["tune"]:
+        sys.exit(_tune(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         sys.exit(run_subcommand(sys.argv[1:]))
     if sys.argv[1:] == ["help"]:
@@ -268,7 +270,7 @@ def main() -> None:
     from regbench.preflight import MULTIRUN_FLAGS, allow_new_keys, check_command_line, check_words
 
     try:  # what Hydra would answer with a usage page or a stack of lines
-        check_words(sys.argv[1:], SUBCOMMANDS)
+        check_words(sys.argv[1:], (*SUBCOMMANDS, "tune"))
     except RegbenchError as err:
         print(f"regbench: error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -283,7 +285,6 @@ def main() -> None:
     try:  # every configuration of the command line, before anything starts
         check_command_line(sys.argv[1:])
         _prepare_rank(sys.argv)
-        _prepare_tuning(sys.argv)
     except RegbenchError as err:
         print(f"regbench: error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -351,37 +352,20 @@ def _help_in_100_columns() -> None:
     sys.exit(code)
 
 
-def _prepare_tuning(argv: list[str]) -> None:
-    """An Optuna search (hydra/sweeper=tune) with SQLite storage continues an existing study: stale
-    trials are queued again and n_trials becomes what is left of the budget (regbench.tuning)."""
-    if not any(a.startswith("hydra/sweeper=") for a in argv[1:]):
-        return
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def _tune(argv: list[str]) -> int:
+    """`regbench tune ...` (regbench.tune); bad input is one line and exit 2, as for a run."""
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    from regbench.tune import tune_main
 
-    from regbench import tuning
-    from regbench.preflight import MULTIRUN_FLAGS, compose_config
-
-    args = [a for a in argv[1:] if a not in MULTIRUN_FLAGS]
-    parsed = OverridesParser.create().parse_overrides(args)
-    # The searched keys do not name the study (hydra.sweeper.study_name); compose without them.
-    cfg = compose_config([a for a, o in zip(args, parsed) if not o.is_sweep_override()], with_hydra=True)
-    if not tuning.uses_optuna(cfg):
-        return
-    storage = str(cfg.hydra.sweeper.get("storage") or "")
-    if storage.startswith("sqlite:///"):  # SQLite does not create the folder the database goes in
-        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    budget = tuning.prepare_study(cfg)
-    if budget is None:
-        return
-    if budget.remaining == 0:
-        print(f"regbench: study {budget.study_name} already has {budget.finished} finished trials, its whole "
-              f"budget; raise hydra.sweeper.n_trials to run more")
-        sys.exit(0)
-    log.info("study %s: %d trials finished, %d to go", budget.study_name, budget.finished, budget.remaining)
-    argv.append(f"hydra.sweeper.n_trials={budget.remaining}")
-    seed = cfg.hydra.sweeper.get("sampler", {}).get("seed")
-    if seed is not None:  # a seeded sampler started afresh would propose the first points again
-        argv.append(f"hydra.sweeper.sampler.seed={int(seed) + budget.trials}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return tune_main(argv)
+    except RegbenchError as err:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"regbench tune: error: {err}", file=sys.stderr)
+        return 2
 
 
 def _prepare_rank(argv: list[str]) -> None:

@@ -213,6 +213,9 @@ def check_words(argv: Sequence[str], subcommands: Sequence[str]) -> None:
             continue
         if "=" not in arg:
             raise _word_error(arg, args[i + 1] if i + 1 < len(args) else None, subcommands, i == 0)
+        if arg.replace(" ", "") == "hydra/sweeper=tune":  # users' commands knew this name
+            raise ConfigError("hydra/sweeper=tune was Hydra's Optuna plugin, which needs optuna < 3 and is gone: use "
+                              "`regbench tune` (docs/tuning.md), e.g. regbench tune task=movielens tune.trials=16")
         plain.append(arg)
         i += 1
     seen: dict[str, str] = {}

@@ -51,6 +51,7 @@ class Status(str, Enum):
     DIVERGED = "diverged"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    PRUNED = "pruned"  # a tuning trial stopped early by the pruner: never a finished result
     RUNNING = "running"
 
     def __str__(self) -> str:
@@ -59,7 +60,7 @@ class Status(str, Enum):
     @property
     def final(self) -> bool:
         """A finished run that a re-run reuses; anything else is resumed or trained again."""
-        return self in (Status.COMPLETED, Status.DIVERGED)
+        return self in (Status.COMPLETED, Status.DIVERGED, Status.PRUNED)
 
 
 STATUSES = tuple(s.value for s in Status)  # completed first: compare lists the others as "not averaged"

@@ -50,8 +50,12 @@ class Run(loop.FitHooks):
     """One training run: build everything from the config, train, evaluate, write the record."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, overrides: dict[str, str] | None = None,
-                 threads: int | None = None, in_sweep: bool = False) -> None:
+                 threads: int | None = None, in_sweep: bool = False, prune: Any = None) -> None:
         self.cfg = cfg
+        # prune(epoch, score) -> True stops the run after that epoch as `pruned` (regbench tune's pruner); the
+        # score is the validation primary metric, negated where lower is better (always maximised)
+        self.prune = prune
+        self.pruned = False
         self.in_sweep = in_sweep  # a multirun's job: logger=mlflow leaves MLflow to the end of the sweep
         self.trackers: list[tracking.EpochLogger] = []
         self.threads = threads or cfg.trainer.threads or None  # None: PyTorch's default
@@ -96,7 +100,9 @@ class Run(loop.FitHooks):
         if self.cfg.trainer.resume:
             earlier = checkpoints.find_earlier(self.cfg, rid, self.run_dir) if main else None
             earlier = distributed.broadcast(earlier, self.ranks)
-            if earlier is not None and earlier.finished:
+            if earlier is not None and earlier.pruned and self.prune is None:
+                earlier = None  # a pruned trial is no result: a plain run of its configuration trains in full
+            if earlier is not None and (earlier.finished or earlier.pruned):
                 return self._reuse(earlier) if main else earlier.record
         # A run that cannot start (a bad value, missing data, no GPU) leaves no record: it never ran. An
         # unexpected error while building is a crash, recorded as failed like any other.
@@ -201,6 +207,11 @@ class Run(loop.FitHooks):
             checkpoints.save_best(self.run_dir, self.cfg, state)
 
     def on_epoch_end(self, state: loop.FitState) -> None:
+        if self.prune is not None and not state.stopped:
+            value = state.history[-1].get(f"val_{self.record.primary_metric}")
+            score = None if value is None else float(value) if self.record.higher_is_better is not False else -value
+            if score is not None and self.prune(state.epoch, score):
+                self.pruned = state.stopped = True
         self.history = state.history
         self.writer.write_history(self.history)
         every = self.cfg.trainer.checkpoint_every
@@ -317,11 +328,15 @@ class Run(loop.FitHooks):
             raise RunInterrupted(self.stop_signal, state.interrupted_in, self.run_dir, self.handoff)
         if state.diverged:
             record.status = Status.DIVERGED
+        if self.pruned and not state.diverged:  # not a finished result: nothing is tested
+            record.status = Status.PRUNED
+            return None
         return state.best_state
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: dict[str, str] | None = None,
-        threads: int | None = None, in_sweep: bool = False) -> dict[str, Any]:
+        threads: int | None = None, in_sweep: bool = False, prune: Any = None) -> dict[str, Any]:
     """Train one configuration and write its record into run_dir; return metrics.json's content.
-    `threads` (torch CPU threads) overrides trainer.threads; the CLI derives it from the launcher."""
-    return Run(cfg, run_dir, overrides, threads, in_sweep).execute()
+    `threads` (torch CPU threads) overrides trainer.threads; the CLI derives it from the launcher.
+    `prune(epoch, score)` returning True stops the run as `pruned` (a tuning trial's pruner)."""
+    return Run(cfg, run_dir, overrides, threads, in_sweep, prune).execute()

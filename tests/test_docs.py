@@ -66,6 +66,12 @@ def test_every_command_in_the_guide_is_valid(page, command, folder, monkeypatch)
     for name in ("my_model", "my_task"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     args = shlex.split(command)[1:]
+    if args and args[0] == "tune":
+        from regbench.tune import plans, split_command_line, tune_config
+
+        runs, tune = split_command_line(args[1:])
+        plans(runs, tune_config(tune), machine=False)
+        return
     if args and args[0] in ("compare", "report", "ensemble", "export"):
         _subcommand_parser().parse_args(args)  # the options exist and parse
         return
@@ -206,7 +212,7 @@ def test_every_run_command_in_the_guide_trains_at_smoke_scale(tiny_study_data, t
     ran, seen = [], set()
     for page, command, _ in COMMANDS:
         args = shlex.split(command)[1:]
-        if not args or args[0] in ("compare", "report", "ensemble", "export") or PLACEHOLDER.search(command):
+        if not args or args[0] in ("compare", "report", "ensemble", "export", "tune") or PLACEHOLDER.search(command):
             continue
         overrides = first_configuration(allow_new_keys(args))
         if overrides is None or tuple(overrides) in seen:

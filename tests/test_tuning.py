@@ -1,81 +1,181 @@
-"""Hyper-parameter search with the `hydra/sweeper=tune` preset (Optuna, SQLite): the study records the
-validation score of real runs, a re-run continues the study instead of starting over, and a trial
-that was running when the search died is run again."""
+"""`regbench tune`, the fair protocol, on Optuna with a real SQLite database and real tiny MovieLens runs:
+the same budget per regimen, selection on validation, final runs on fresh seeds, a search that continues
+after its process died, pruned trials, and bad input as one line."""
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
-import yaml
 
-from conftest import tiny_overrides
+from regbench import runner
 from regbench.cli import tuning_score
 
 optuna = pytest.importorskip("optuna", reason="needs pip install 'regbench[optuna]'")
 
-STUDY = "cifar10-cnn13-dropout-momentum-s0"  # the preset's study name for these overrides
+STUDY = "movielens-two_tower-adam"
 
 
-def search(tiny_data_dir, tmp_path, env, n_trials: int) -> subprocess.CompletedProcess:
-    args = ["-m", "hydra/sweeper=tune", f"hydra.sweeper.n_trials={n_trials}", "regularizer=dropout",
-            "regularizer.dropout.p=interval(0.1,0.7)", *tiny_overrides(tiny_data_dir, tmp_path / "cache")]
-    result = subprocess.run([sys.executable, "-m", "regbench", *args], env=env, cwd=tmp_path, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+@pytest.fixture
+def tune_args(tiny_ml_dir, tmp_path):
+    def _args(*tune: str) -> list[str]:
+        return ["task=movielens", f"data.dir={tiny_ml_dir}", "data.download=false", "trainer.max_epochs=2",
+                "trainer.batch_size=64", "trainer.progress=false", "trainer.device=cpu",
+                f"paths.output_dir={tmp_path / 'outputs'}", "tune.regimens=[none,dropout]", "tune.trials=3",
+                "tune.final_seeds=[0,1]", f"tune.dir={tmp_path / 'tune'}", *tune]
+    return _args
 
 
-def load_study(tmp_path):
-    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'outputs' / 'optuna.db'}")
+def studies(tmp_path) -> dict:
+    url = f"sqlite:///{tmp_path / 'tune' / 'optuna.db'}"
+    return {r: optuna.load_study(study_name=f"{STUDY}.{r}", storage=url) for r in ("none", "dropout")}
 
 
-def runs(tmp_path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in (tmp_path / "outputs").glob("sweeps/*/*/metrics.json")]
+def test_each_regimen_gets_the_same_budget_is_selected_on_validation_and_rerun_on_fresh_seeds(tune_args, tmp_path,
+                                                                                              capsys):
+    from regbench.tune import tune_main
+
+    assert tune_main(tune_args()) == 0
+    found = studies(tmp_path)
+    for regimen, study in found.items():
+        trials = study.get_trials()
+        assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+        for trial in trials:
+            record = json.loads((tmp_path / "tune" / "trials" / regimen / f"{trial.number:04d}" /
+                                 "metrics.json").read_text())
+            assert trial.value == record["val"]["ndcg@10"]  # the validation metric, never the test one
+            assert record["seed"] == 100 and record["regularizer"] == regimen
+            assert float(record["overrides"]["optimizer.lr"]) == trial.params["optimizer.lr"]
+            assert 5e-3 / 10 ** 1.5 <= trial.params["optimizer.lr"] <= 5e-3 * 10 ** 1.5
+    assert "regularizer.dropout.p" in found["dropout"].trials[0].params  # its own key, where it reads it
+    assert "regularizer.dropout.p" not in found["none"].trials[0].params
+    # the same seeded sampler: both searches start at the same learning rate and weight decay
+    assert found["none"].trials[0].params["optimizer.lr"] == found["dropout"].trials[0].params["optimizer.lr"]
+    tuned = json.loads((tmp_path / "tune" / "tuned.json").read_text())
+    for regimen, study in found.items():
+        assert tuned["best"][regimen]["params"] == study.best_trial.params
+        for seed in (0, 1):
+            final = json.loads((tmp_path / "tune" / "final" / regimen / f"s{seed}" / "metrics.json").read_text())
+            assert final["seed"] == seed and final["status"] == "completed"
+            assert float(final["config"]["optimizer"]["lr"]) == study.best_trial.params["optimizer.lr"]
+    summary = (tmp_path / "tune" / "summary.md").read_text()
+    assert "dropout" in summary and "none" in summary
+    assert "Tuned protocol" in capsys.readouterr().out
+
+    # The whole budget is spent: the same command runs no trial; a larger budget adds only what is new.
+    assert tune_main(tune_args()) == 0
+    assert [len(s.get_trials()) for s in studies(tmp_path).values()] == [3, 3]
+    assert tune_main(tune_args("tune.trials=4")) == 0
+    assert [len(s.get_trials()) for s in studies(tmp_path).values()] == [4, 4]
 
 
-@pytest.mark.integration
-def test_a_search_stores_validation_scores_and_continues_after_a_crash(tiny_data_dir, tmp_path, cli_env):
-    search(tiny_data_dir, tmp_path, cli_env, n_trials=3)
-    study = load_study(tmp_path)
-    trials = study.get_trials()
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
-    records = runs(tmp_path)
-    assert len(records) == 3
-    by_params = {(float(r["overrides"]["optimizer.lr"]), float(r["overrides"]["regularizer.dropout.p"])): r
-                 for r in records}
-    for trial in trials:
-        record = by_params[(trial.params["optimizer.lr"], trial.params["regularizer.dropout.p"])]
-        assert trial.value == record["val"]["accuracy"]  # the validation metric, never the test one
-        assert 1e-4 <= trial.params["optimizer.lr"] <= 0.3 and 0.1 <= trial.params["regularizer.dropout.p"] <= 0.7
-    (results,) = (tmp_path / "outputs").glob("sweeps/*/optimization_results.yaml")
-    assert yaml.safe_load(results.read_text())["best_value"] == study.best_value
+def test_a_trial_left_running_by_a_dead_process_runs_again_and_counts_once(tune_args, tmp_path):
+    from regbench.tune import tune_main
 
-    # The whole budget is spent: running the same command again does nothing.
-    again = search(tiny_data_dir, tmp_path, cli_env, n_trials=3)
-    assert "already has 3 finished trials" in again.stdout
-    assert len(load_study(tmp_path).trials) == 3
-
-    # A search that died with a trial running: that trial runs again, and the budget counts it once.
-    stale = study.ask()
-    stale_params = {"optimizer.lr": stale.suggest_float("optimizer.lr", 1e-4, 0.3, log=True),
-                    "regularizer.dropout.p": stale.suggest_float("regularizer.dropout.p", 0.1, 0.7)}
-    resumed = search(tiny_data_dir, tmp_path, cli_env, n_trials=5)
-    assert "was running when the search stopped: queued again" in resumed.stderr
-    trials = load_study(tmp_path).get_trials()
-    states = [t.state.name for t in trials]
-    assert states.count("COMPLETE") == 5 and states[3] == "FAIL"
-    assert trials[4].params == stale_params
-    points = [tuple(sorted(t.params.items())) for t in trials if t.state.name == "COMPLETE"]
-    assert len(set(points)) == 5  # a resumed sampler proposes new points, not the first ones again
+    assert tune_main(tune_args("tune.trials=1")) == 0
+    study = studies(tmp_path)["none"]
+    stale = study.ask()  # as a process killed mid-trial leaves it: RUNNING, its run unfinished
+    params = {"optimizer.lr": stale.suggest_float("optimizer.lr", 1e-4, 0.1, log=True),
+              "optimizer.weight_decay": stale.suggest_float("optimizer.weight_decay", 1e-6, 1e-2, log=True)}
+    assert tune_main(tune_args("tune.trials=2")) == 0
+    trials = studies(tmp_path)["none"].get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[2].params == params  # the same point, run again; the budget counts it once
+    assert len(studies(tmp_path)["dropout"].get_trials()) == 2
 
 
-def test_the_score_a_sweeper_maximises():
+def test_a_pruned_run_is_recorded_as_pruned_and_never_tested(small_cfg, tmp_path):
+    cfg = small_cfg("movielens", "trainer.max_epochs=3")
+    seen = []
+    record = runner.run(cfg, tmp_path / "run", prune=lambda epoch, score: seen.append((epoch, score)) or epoch >= 2)
+    assert record["status"] == "pruned" and record["epochs_run"] == 2 and record["test"] == {}
+    assert [e for e, _ in seen] == [1, 2] and all(math.isfinite(s) for _, s in seen)
+    again = runner.run(cfg, tmp_path / "again", prune=lambda epoch, score: False)  # the tuner reuses it
+    assert again["status"] == "pruned" and again["reused_from"] == str(tmp_path / "run")
+    full = runner.run(cfg, tmp_path / "full")  # anyone else trains the configuration in full
+    assert full["status"] == "completed" and full["reused_from"] is None and full["epochs_run"] == 3
+
+
+@pytest.mark.parametrize("tune, message", [
+    (["tune.space={}", "tune.conditional=false"], "tune.space is empty and tune.conditional=false: there is nothing"),
+    (["tune.space.optimizer.weight_decay.low=1"], "tune.space.optimizer.weight_decay: low=1 is not below high=0.01"),
+    (["tune.space.optimizer.weight_decay.low=0"], "a log range must stay above 0 (low=0)"),
+    (["tune.regimens=[none,bn]", "+tune.space.regularizer.dropout.p={low:0.1,high:0.5}"],
+     "tune.space.regularizer.dropout.p: none of tune.regimens (none, bn) reads regularizer.dropout.p"),
+    (["tune.storage=postgresql://nobody@127.0.0.1:9/none"], "tune.storage=postgresql://nobody@127.0.0.1:9/none: cannot"),
+    (["tune.final_seeds=[100,1]"], "tune.final_seeds=[100, 1] holds tune.trial_seed=100"),
+    (["tune.pruner=hyperband"], "tune.pruner=hyperband: choose one of none, median, asha"),
+    (["tune.trial=3"], "there is no key 'tune.trial' in tune's configuration"),
+])
+def test_bad_input_is_one_line_and_exit_2(tune, message, tune_args, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from regbench import cli
+
+    monkeypatch.setattr(sys, "argv", ["regbench", "tune", *tune_args(*tune)])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("regbench tune: error: ")
+
+
+def test_a_study_name_reused_with_another_space_is_refused(tune_args, tmp_path, capsys):
+    from regbench.errors import ConfigError
+    from regbench.tune import tune_main
+
+    assert tune_main(tune_args("tune.trials=1")) == 0
+    with pytest.raises(ConfigError, match="was made for another task, model or space"):
+        tune_main(tune_args("tune.trials=1", "tune.space.optimizer.weight_decay.high=0.1"))
+
+
+def test_hydra_sweeper_tune_points_to_regbench_tune(monkeypatch, capsys):
+    import sys
+
+    from regbench import cli
+
+    monkeypatch.setattr(sys, "argv", ["regbench", "-m", "hydra/sweeper=tune", "task=movielens"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 2 and "use `regbench tune`" in capsys.readouterr().err
+
+
+def test_the_score_a_tuner_maximises():
     record = {"status": "completed", "primary_metric": "f1", "higher_is_better": True, "val": {"f1": 0.8},
               "test": {"f1": 0.9}}
     assert tuning_score(record) == 0.8
     assert tuning_score({**record, "higher_is_better": False}) == -0.8
     assert math.isnan(tuning_score({**record, "status": "diverged"}))  # Optuna: a failed trial, not a crash
     assert tuning_score({**record, "val": {}}) is None
+
+
+@pytest.mark.integration
+def test_two_workers_and_a_sigkilled_search_keep_exactly_the_budget(tune_args, tmp_path, cli_env):
+    """Two worker processes share the budget without exceeding it; a search killed with SIGKILL mid-trial
+    continues with the same command: no lost or duplicated trial, the interrupted one run again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "regbench", "tune", *tune_args("tune.trials=3", "tune.workers=2",
+                                                                 "trainer.max_epochs=30")]
+    process = subprocess.Popen(args, env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    deadline = time.time() + 300
+    while not list((tmp_path / "tune" / "trials").glob("*/*/checkpoints/last.pt")):
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    result = subprocess.run(args, env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "queued again" in result.stderr
+    for study in studies(tmp_path).values():
+        states = [t.state.name for t in study.get_trials()]
+        assert states.count("COMPLETE") == 3 and set(states) <= {"COMPLETE", "FAIL"}
+        failed = [t for t in study.get_trials() if t.state.name == "FAIL"]
+        assert all(t.system_attrs.get("regbench_requeued") for t in failed)
+        assert {tuple(sorted(t.params.items())) for t in failed} <= \
+            {tuple(sorted(t.params.items())) for t in study.get_trials() if t.state.name == "COMPLETE"}

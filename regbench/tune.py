@@ -1,0 +1,433 @@
+"""`regbench tune`: the fair protocol (docs/tuning.md). The regimen is the scientific variable; for each
+regimen its nuisance hyper-parameters (the learning rate and weight decay, and the regimen's own keys
+where it reads them) are searched with the same budget and the same seeded sampler, each trial an
+ordinary regbench run selected on its validation metric; then each regimen's best configuration is
+trained again on fresh seeds, and only those runs are compared.
+
+Engine: Optuna itself, one study per regimen in one storage (SQLite in the study's folder by default).
+A trial that was running when its process died is failed and its parameters queued again, so the same
+command continues the search with exactly `tune.trials` per regimen, and the queued trial's run resumes
+from its checkpoint (the same configuration is the same run id)."""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from regbench.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# The keys a regimen reads only when it uses the regularizer they tune, with the range searched.
+CONDITIONAL = {
+    "regularizer.dropout.p": ({"low": 0.05, "high": 0.7, "log": False}, lambda r: r.dropout_p > 0),
+    "regularizer.grad_clip.max": ({"low": 0.1, "high": 10.0, "log": True}, lambda r: r.clip_mode != "none"),
+    "regularizer.label_smoothing": ({"low": 0.01, "high": 0.3, "log": False}, lambda r: r.label_smoothing > 0),
+    "regularizer.mixup.alpha": ({"low": 0.05, "high": 1.0, "log": True}, lambda r: r.mixup_alpha > 0),
+    "regularizer.cutmix.alpha": ({"low": 0.1, "high": 2.0, "log": True}, lambda r: r.cutmix_alpha > 0),
+    "regularizer.ema.decay": ({"low": 0.9, "high": 0.9999, "log": False}, lambda r: r.ema_decay > 0),
+}
+# The keys every regimen reads, whatever it is (the nuisance of the protocol).
+ALWAYS_READ = ("optimizer.lr", "optimizer.weight_decay", "schedule.warmup_epochs", "model.init",
+               "optimizer.momentum", "optimizer.beta1", "optimizer.beta2", "trainer.batch_size")
+LR_DECADES = 1.5  # optimizer.lr's default range: this many decades either side of the task's default
+PRUNERS = ("none", "median", "asha")
+EDGE = 0.05  # a best value within 5% of its range (on its scale) of an end: the range should move
+
+
+@dataclass(frozen=True)
+class Range:
+    key: str
+    low: float
+    high: float
+    log: bool
+
+    def edge(self, value: float) -> str | None:
+        """"low" or "high" when `value` sits at that end of the range (on its scale)."""
+        scale = math.log10 if self.log else (lambda v: v)
+        span = scale(self.high) - scale(self.low)
+        where = (scale(value) - scale(self.low)) / span if span > 0 else 0.5
+        return "low" if where <= EDGE else "high" if where >= 1 - EDGE else None
+
+
+def tune_config(overrides: list[str]) -> DictConfig:
+    """conf/tune/default.yaml with the command line's tune.KEY=VALUE applied, checked."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    base = OmegaConf.load(str(files("regbench.conf").joinpath("tune", "default.yaml")))
+    for override in overrides:
+        key = override.partition("=")[0].lstrip("+~")
+        name = key.removeprefix("tune.")
+        if name.split(".")[0] not in base:
+            raise ConfigError(f"{override}: there is no key {key!r} in tune's configuration; its keys are "
+                              f"{', '.join('tune.' + k for k in base)}")
+        try:  # values as Hydra reads them on the command line: [none,bn], 1e-3, null
+            value = OverridesParser.create().parse_override(override).value()
+        except HydraException as err:
+            raise ConfigError(f"{override}: cannot be read ({str(err).splitlines()[0]})") from None
+        if name.startswith("space."):  # the space's keys hold dots themselves: tune.space.optimizer.lr.low=...
+            searched, _, field = name[len("space."):].rpartition(".")
+            if field in ("low", "high", "log") and searched:
+                entry = dict(base.space.get(searched) or {"low": None, "high": None, "log": False})
+                entry[field] = value
+                base.space[searched] = entry
+            else:
+                base.space[name[len("space."):]] = value
+            continue
+        OmegaConf.update(base, name, value, merge=False)
+    tune = base
+    if not isinstance(tune.regimens, (list, tuple)) and not OmegaConf.is_list(tune.regimens):
+        raise ConfigError(f"tune.regimens={tune.regimens}: give a list, e.g. tune.regimens=[none,bn]")
+    if not tune.regimens:
+        raise ConfigError("tune.regimens=[]: name at least one regimen, e.g. tune.regimens=[none,bn]")
+    for key, low in (("trials", 1), ("workers", 1)):
+        value = tune.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"tune.{key}={value}: give an integer >= {low}")
+    if tune.pruner not in PRUNERS:
+        raise ConfigError(f"tune.pruner={tune.pruner}: choose one of {', '.join(PRUNERS)}")
+    if not OmegaConf.is_list(tune.final_seeds) or not tune.final_seeds:
+        raise ConfigError(f"tune.final_seeds={tune.final_seeds}: give a list of seeds, e.g. tune.final_seeds=[0,1,2]")
+    if tune.trial_seed in list(tune.final_seeds):
+        raise ConfigError(f"tune.final_seeds={list(tune.final_seeds)} holds tune.trial_seed={tune.trial_seed}: the "
+                          "final runs must use seeds no trial used; change one of them")
+    if not OmegaConf.is_dict(tune.space):
+        raise ConfigError(f"tune.space={tune.space}: give KEY: {{low: ..., high: ..., log: true|false}} entries")
+    return tune
+
+
+def ranges(tune: DictConfig, cfg: DictConfig, regimen) -> list[Range]:
+    """The searched keys of one regimen (its config `cfg`), each checked: the common space (every key must
+    be one the regimen reads) and, with tune.conditional, the regimen's own keys."""
+    out = []
+    if not tune.space and not tune.conditional:
+        raise ConfigError("tune.space is empty and tune.conditional=false: there is nothing to tune")
+    for key, spec in tune.space.items():
+        spec = spec if OmegaConf.is_dict(spec) else OmegaConf.create({})
+        if key in CONDITIONAL and not CONDITIONAL[key][1](regimen):
+            continue  # a regimen's own key: searched only where the regimen reads it
+        if OmegaConf.select(cfg, key) is None and key != "optimizer.lr":
+            raise ConfigError(f"tune.space.{key}: there is no key {key!r} in this configuration")
+        low, high = spec.get("low"), spec.get("high")
+        if key == "optimizer.lr" and low is None and high is None:
+            default = float(cfg.optimizer.lr)
+            low, high = default / 10 ** LR_DECADES, default * 10 ** LR_DECADES
+        out.append(_checked(key, low, high, bool(spec.get("log", False))))
+    if tune.conditional:
+        for key, (spec, reads) in CONDITIONAL.items():
+            if reads(regimen) and key not in tune.space:
+                out.append(_checked(key, spec["low"], spec["high"], spec["log"]))
+    if not out:
+        raise ConfigError(f"regularizer={cfg.regularizer.name}: tune.space is empty and the regimen has no keys of its "
+                          "own to search: add optimizer.lr to tune.space")
+    return out
+
+
+def _checked(key: str, low: Any, high: Any, log_scale: bool) -> Range:
+    for name, value in (("low", low), ("high", high)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ConfigError(f"tune.space.{key}.{name}={value}: give a number")
+    if low >= high:
+        raise ConfigError(f"tune.space.{key}: low={low} is not below high={high}")
+    if log_scale and low <= 0:
+        raise ConfigError(f"tune.space.{key}: a log range must stay above 0 (low={low}); use log: false or a low > 0")
+    return Range(key, float(low), float(high), log_scale)
+
+
+# -- the studies ------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """One regimen's search: its base command line (the run's overrides, the regimen, the trial seed),
+    its composed config and the ranges searched."""
+
+    regimen: str
+    overrides: list[str]
+    cfg: DictConfig
+    ranges: list[Range]
+
+
+def plans(run_overrides: list[str], tune: DictConfig, machine: bool = True) -> list[Plan]:
+    """Each regimen's plan, its config composed and validated (`machine`: the device and the data too)."""
+    from regbench.preflight import compose_config, merge_overrides
+    from regbench.validation import validate
+
+    out = []
+    for name in tune.regimens:
+        overrides = merge_overrides(run_overrides, [f"regularizer={name}", f"seed={tune.trial_seed}"])
+        try:
+            cfg = compose_config(overrides)
+        except Exception as err:  # noqa: BLE001 - Hydra's composition errors, as the run command words them
+            raise ConfigError(f"tune.regimens: regularizer={name} cannot be composed ({str(err).splitlines()[0]})") \
+                from None
+        regimen = validate(cfg, machine=machine)
+        out.append(Plan(str(name), overrides, cfg, ranges(tune, cfg, regimen)))
+    searched = {r.key for plan in out for r in plan.ranges}
+    for key in tune.space:
+        if key not in searched:
+            raise ConfigError(f"tune.space.{key}: none of tune.regimens ({', '.join(map(str, tune.regimens))}) reads "
+                              f"{key}, so searching it would only add noise; leave it out of tune.space")
+    return out
+
+
+def study_name(tune: DictConfig, cfg: DictConfig) -> str:
+    return str(tune.study or f"{cfg.task.name}-{cfg.model.name}-{cfg.optimizer.name}")
+
+
+def tune_dir(tune: DictConfig, cfg: DictConfig) -> Path:
+    return Path(tune.dir) if tune.dir else Path(cfg.paths.output_dir) / "tune" / study_name(tune, cfg)
+
+
+def storage_url(tune: DictConfig, folder: Path) -> str:
+    return str(tune.storage or f"sqlite:///{folder.resolve() / 'optuna.db'}")
+
+
+def open_studies(tune: DictConfig, plans_: list[Plan], url: str) -> dict[str, Any]:
+    """regimen -> its Optuna study (created, or loaded when it exists); a study created with another
+    space or task, or a storage that cannot be reached, is one line."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        storage = optuna.storages.RDBStorage(url)
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy's errors for a bad URL or an unreachable server
+        raise ConfigError(f"tune.storage={url}: cannot be opened ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:200]})") from None
+    name = study_name(tune, plans_[0].cfg)
+    studies = {}
+    for plan in plans_:
+        identity = {"task": plan.cfg.task.name, "model": plan.cfg.model.name, "trial_seed": int(tune.trial_seed),
+                    "space": [[r.key, r.low, r.high, r.log] for r in plan.ranges]}
+        pruner = {"none": optuna.pruners.NopPruner(), "median": optuna.pruners.MedianPruner(n_warmup_steps=1),
+                  "asha": optuna.pruners.SuccessiveHalvingPruner()}[tune.pruner]
+        study = optuna.create_study(study_name=f"{name}.{plan.regimen}", storage=storage, direction="maximize",
+                                    sampler=optuna.samplers.TPESampler(seed=int(tune.sampler_seed)), pruner=pruner,
+                                    load_if_exists=True)
+        stored = study.user_attrs.get("identity")
+        if stored is None:
+            study.set_user_attr("identity", identity)
+        elif stored != identity:
+            raise ConfigError(f"tune.study={name}: the study {name}.{plan.regimen} in {url} was made for another "
+                              f"task, model or space ({stored}); give another tune.study, or the same space")
+        studies[plan.regimen] = study
+    return studies
+
+
+def requeue_stale(study) -> int:
+    """Trials left RUNNING by a process that died: failed, and their parameters queued again (the run of the
+    queued trial resumes from its checkpoint). Only while no other process of this study runs (the lock)."""
+    from optuna.trial import TrialState
+
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    for trial in stale:
+        study._storage.set_trial_system_attr(trial._trial_id, "regbench_requeued", True)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.enqueue_trial(trial.params, skip_if_exists=False)
+        log.warning("trial %d of study %s was running when its process stopped: queued again with %s",
+                    trial.number, study.study_name, trial.params)
+    return len(stale)
+
+
+def counted(study) -> int:
+    """Trials that count against the budget: finished (completed, pruned, failed for a reason of their own)
+    or running; a trial failed only because its process died was queued again and does not count."""
+    from optuna.trial import TrialState
+
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+               or (t.state == TrialState.FAIL and not t.system_attrs.get("regbench_requeued")))
+
+
+# -- trials -----------------------------------------------------------------------------------------
+def _params_overrides(ranges_: list[Range], trial) -> list[str]:
+    return [f"{r.key}={trial.suggest_float(r.key, r.low, r.high, log=r.log)!r}" for r in ranges_]
+
+
+def run_trial(plan: Plan, study, trial, folder: Path) -> str:
+    """Train one trial as an ordinary run (its record in <dir>/trials/<regimen>/<number>) and tell the study
+    its validation score; returns the trial's state's name."""
+    from optuna.trial import TrialState
+
+    from regbench import runner
+    from regbench.cli import tuning_score
+    from regbench.preflight import compose_config, merge_overrides
+
+    params = _params_overrides(plan.ranges, trial)
+    overrides = merge_overrides(plan.overrides, params)
+    cfg = compose_config(overrides)
+    run_dir = folder / "trials" / plan.regimen / f"{trial.number:04d}"
+
+    def prune(epoch: int, score: float) -> bool:
+        trial.report(score, epoch)
+        return trial.should_prune()
+
+    try:
+        record = runner.run(cfg, run_dir, dict(o.split("=", 1) for o in params), prune=prune)
+    except Exception as err:  # noqa: BLE001 - a crashed trial is a failed trial; its record says why
+        log.warning("trial %d of %s failed: %s", trial.number, study.study_name, err)
+        study.tell(trial, state=TrialState.FAIL)
+        return "failed"
+    if record.get("status") == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
+        return "pruned"
+    score = tuning_score(record)
+    if score is None or not math.isfinite(score):
+        study.tell(trial, state=TrialState.FAIL)
+        return record.get("status", "failed")
+    study.tell(trial, score)
+    return "completed"
+
+
+def next_trial(studies: dict[str, Any], budget: int):
+    """(regimen, trial) for the regimen with the fewest trials counted, or None when every budget is spent."""
+    left = {name: budget - counted(study) for name, study in studies.items()}
+    open_ = [name for name, n in left.items() if n > 0]
+    if not open_:
+        return None
+    name = max(open_, key=lambda n: left[n])  # the regimen furthest behind: budgets fill evenly
+    return name, studies[name].ask()
+
+
+@contextmanager
+def _locked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive lock on `path` (fcntl, one machine); yields False at once when `wait` is false and
+    another process holds it."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def work(run_overrides: list[str], tune_overrides: list[str], worker: int = 0) -> int:
+    """One worker: trials until every regimen's budget is spent, data and studies opened once per process;
+    the choice of the next trial is made under a lock, so workers never exceed a budget. Returns the
+    number of trials it ran."""
+    tune = tune_config(tune_overrides)
+    plans_ = {p.regimen: p for p in plans(run_overrides, tune)}
+    folder = tune_dir(tune, next(iter(plans_.values())).cfg)
+    studies = open_studies(tune, list(plans_.values()), storage_url(tune, folder))
+    ran = 0
+    while True:
+        with _locked(folder / ".ask.lock"):
+            picked = next_trial(studies, int(tune.trials))
+        if picked is None:
+            return ran
+        regimen, trial = picked
+        state = run_trial(plans_[regimen], studies[regimen], trial, folder)
+        ran += 1
+        log.info("worker %d: %s trial %d %s (%d of %d)", worker, regimen, trial.number, state,
+                 counted(studies[regimen]), tune.trials)
+
+
+def _work_in_process(args: tuple) -> int:
+    return work(*args)
+
+
+# -- the command ------------------------------------------------------------------------------------
+def split_command_line(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the runs' overrides, the tune.KEY=VALUE ones); the regimen and the seed belong to the protocol."""
+    runs, tune = [], []
+    for arg in argv:
+        key = arg.partition("=")[0].lstrip("+~")
+        if key == "tune" or key.startswith("tune."):
+            tune.append(arg if key.startswith("tune.") else arg)
+        elif key in ("regularizer", "seed"):
+            raise ConfigError(f"{arg}: `regbench tune` compares the regimens of tune.regimens on tune.trial_seed, then "
+                              f"tune.final_seeds: set those instead (e.g. tune.regimens=[none,bn])")
+        elif arg.startswith("-"):
+            raise ConfigError(f"{arg}: `regbench tune` takes key=value overrides and tune.KEY=VALUE only")
+        else:
+            runs.append(arg)
+    return runs, [a for a in tune if a.partition("=")[0] != "tune"]
+
+
+def best_overrides(plan: Plan, study, tune: DictConfig) -> tuple[list[str], dict[str, Any]] | None:
+    """The best completed trial's overrides and what to say about it; None when no trial completed."""
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not done:
+        return None
+    best = max(done, key=lambda t: t.value)
+    edges = {r.key: r.edge(best.params[r.key]) for r in plan.ranges if r.key in best.params}
+    for key, where in edges.items():
+        if where:
+            log.warning("regularizer=%s: the best %s (%g) sits at the %s end of its range: move the range "
+                        "(tune.space.%s)", plan.regimen, key, best.params[key], where, key)
+    about = {"trial": best.number, "val_score": best.value, "params": dict(best.params),
+             "at_edge": {k: v for k, v in edges.items() if v}}
+    return [f"{k}={v!r}" for k, v in best.params.items()], about
+
+
+def tune_main(argv: list[str]) -> int:
+    """`regbench tune [OVERRIDES] [tune.KEY=VALUE]`: search, then re-run each regimen's best on fresh seeds
+    and compare those runs only. Returns the exit code."""
+    import json
+    import multiprocessing
+
+    from regbench import runner
+    from regbench.compare import compare, files_line
+    from regbench.fileio import write_text_atomic
+    from regbench.preflight import compose_config, merge_overrides
+
+    run_overrides, tune_overrides = split_command_line(argv)
+    tune = tune_config(tune_overrides)
+    plans_ = plans(run_overrides, tune)
+    folder = tune_dir(tune, plans_[0].cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    url = storage_url(tune, folder)
+    studies = open_studies(tune, plans_, url)
+    with _locked(folder / ".tune.lock", wait=False) as mine:
+        if not mine:
+            raise ConfigError(f"another `regbench tune` is running the study in {folder}: wait for it, or give "
+                              "another tune.dir")
+        for study in studies.values():
+            requeue_stale(study)
+        workers = int(tune.workers)
+        log.info("tuning %s in %s: %d trials per regimen, %d worker(s), storage %s", ", ".join(studies), folder,
+                 tune.trials, workers, url)
+        if workers == 1:
+            work(run_overrides, tune_overrides)
+        else:
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                pool.map(_work_in_process, [(run_overrides, tune_overrides, i) for i in range(workers)])
+        chosen = {}
+        for plan in plans_:
+            found = best_overrides(plan, studies[plan.regimen], tune)
+            if found is None:
+                log.warning("regularizer=%s: no trial completed, so it has no final runs", plan.regimen)
+                continue
+            params, about = found
+            chosen[plan.regimen] = about
+            for seed in tune.final_seeds:
+                overrides = merge_overrides(plan.overrides, params, [f"seed={seed}"])
+                runner.run(compose_config(overrides), folder / "final" / plan.regimen / f"s{seed}",
+                           dict(o.split("=", 1) for o in overrides))
+    write_text_atomic(folder / "tuned.json", json.dumps({"protocol": "tuned", "storage": url, "trials": tune.trials,
+                                                         "final_seeds": list(tune.final_seeds), "best": chosen},
+                                                        indent=2) + "\n")
+    if not chosen:
+        raise ConfigError(f"no regimen has a completed trial in {folder}: nothing to compare")
+    comparison = compare([folder / "final"], by=["task", "regularizer"],
+                         baseline="regularizer=none" if "none" in chosen else None)
+    files = comparison.write(folder)
+    print("Tuned protocol: each regimen's best configuration (by validation) on fresh seeds\n")
+    print(comparison.text())
+    print(files_line([*files, folder / "tuned.json"]))
+    return 0
