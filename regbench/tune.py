@@ -10,6 +10,7 @@ command continues the search with exactly `tune.trials` per regimen, and the que
 from its checkpoint (the same configuration is the same run id)."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from regbench import tune_report
 from regbench.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -220,12 +222,35 @@ def open_studies(tune: DictConfig, plans_: list[Plan], url: str) -> dict[str, An
     return studies
 
 
+WORKER_ATTR = "regbench_worker"  # "<host>:<pid>" of the process that asked for the trial
+
+
+def _alive(worker: str | None) -> bool:
+    """Whether the worker process that runs a trial is still alive. A worker on another machine cannot be
+    seen from here: it counts as alive (a worker started on its own machine requeues its trials)."""
+    import os
+    import socket
+
+    host, _, pid = (worker or ":").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return bool(worker) and host != socket.gethostname()
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def requeue_stale(study) -> int:
-    """Trials left RUNNING by a process that died: failed, and their parameters queued again (the run of the
-    queued trial resumes from its checkpoint). Only while no other process of this study runs (the lock)."""
+    """Trials left RUNNING by a process of this machine that died: failed, and their parameters queued again
+    (the run of the queued trial resumes from its checkpoint). Trials of live workers, here or on other
+    machines sharing the storage, are left alone."""
     from optuna.trial import TrialState
 
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    stale = [t for t in study.get_trials(deepcopy=False)
+             if t.state == TrialState.RUNNING and not _alive(t.system_attrs.get(WORKER_ATTR))]
     for trial in stale:
         study._storage.set_trial_system_attr(trial._trial_id, "regbench_requeued", True)
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
@@ -286,13 +311,19 @@ def run_trial(plan: Plan, study, trial, folder: Path) -> str:
 
 
 def next_trial(studies: dict[str, Any], budget: int):
-    """(regimen, trial) for the regimen with the fewest trials counted, or None when every budget is spent."""
+    """(regimen, trial) for the regimen with the fewest trials counted, or None when every budget is spent.
+    Called under the ask lock, so that workers never exceed a budget."""
+    import os
+    import socket
+
     left = {name: budget - counted(study) for name, study in studies.items()}
     open_ = [name for name, n in left.items() if n > 0]
     if not open_:
         return None
     name = max(open_, key=lambda n: left[n])  # the regimen furthest behind: budgets fill evenly
-    return name, studies[name].ask()
+    trial = studies[name].ask()
+    trial.storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+    return name, trial
 
 
 @contextmanager
@@ -314,6 +345,28 @@ def _locked(path: Path, wait: bool = True) -> Iterator[bool]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+@contextmanager
+def _ask_lock(url: str, folder: Path) -> Iterator[None]:
+    """The lock around choosing the next trial: a PostgreSQL advisory lock when the storage is a server
+    (workers on several machines), else a file lock in the study's folder (one machine)."""
+    if not url.startswith("postgresql"):
+        with _locked(folder / ".ask.lock"):
+            yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    key = int(hashlib.sha256(url.encode()).hexdigest()[:15], 16)  # one advisory lock per storage
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            connection.commit()
+    engine.dispose()
+
+
 def work(run_overrides: list[str], tune_overrides: list[str], worker: int = 0) -> int:
     """One worker: trials until every regimen's budget is spent, data and studies opened once per process;
     the choice of the next trial is made under a lock, so workers never exceed a budget. Returns the
@@ -323,8 +376,9 @@ def work(run_overrides: list[str], tune_overrides: list[str], worker: int = 0) -
     folder = tune_dir(tune, next(iter(plans_.values())).cfg)
     studies = open_studies(tune, list(plans_.values()), storage_url(tune, folder))
     ran = 0
+    url = storage_url(tune, folder)
     while True:
-        with _locked(folder / ".ask.lock"):
+        with _ask_lock(url, folder):
             picked = next_trial(studies, int(tune.trials))
         if picked is None:
             return ran
@@ -427,7 +481,49 @@ def tune_main(argv: list[str]) -> int:
     comparison = compare([folder / "final"], by=["task", "regularizer"],
                          baseline="regularizer=none" if "none" in chosen else None)
     files = comparison.write(folder)
+    tuned = {r: _test_values(folder / "final" / r) for r in chosen}
+    fixed = {plan.regimen: fixed_values(plan, tune) for plan in plans_}
+    protocols = tune_report.protocols_table(fixed, tuned)
+    files += [folder / "tuned.json", *tune_report.write(folder, studies, protocols)]
     print("Tuned protocol: each regimen's best configuration (by validation) on fresh seeds\n")
     print(comparison.text())
-    print(files_line([*files, folder / "tuned.json"]))
+    if len(protocols):
+        print("\nFixed protocol (the task's defaults, same seeds) against tuned, test metric:\n")
+        print(protocols[["regimen", "fixed", "tuned", "tuned_minus_fixed", "ci_low", "ci_high"]].to_string(
+            index=False, float_format=lambda v: f"{v:.4f}"))
+    print(files_line(files))
     return 0
+
+
+def _test_values(folder: Path) -> dict[int, float]:
+    """seed -> the primary test metric of the completed runs under `folder`."""
+    from regbench.record import read_metrics
+
+    out = {}
+    for path in sorted(folder.glob("*/metrics.json")):
+        record = read_metrics(path.parent)
+        value = record.get("test", {}).get(record.get("primary_metric"))
+        if record.get("status") == "completed" and value is not None:
+            out[int(record["seed"])] = float(value)
+    return out
+
+
+def fixed_values(plan: Plan, tune: DictConfig) -> dict[int, float]:
+    """seed -> the test metric of the fixed protocol's run of this regimen (the same command without the
+    tuned keys) on each final seed, found through the run index; {} unless every one of them exists."""
+    from regbench import checkpoints
+    from regbench.preflight import compose_config, merge_overrides
+    from regbench.record import read_metrics
+
+    out = {}
+    for seed in tune.final_seeds:
+        cfg = compose_config(merge_overrides(plan.overrides, [f"seed={seed}"]))
+        earlier = checkpoints.find_earlier(cfg, checkpoints.run_id(cfg), Path("/nonexistent"))
+        if earlier is None or not earlier.finished:
+            return {}
+        record = read_metrics(earlier.run_dir)
+        value = record.get("test", {}).get(record.get("primary_metric"))
+        if record.get("status") != "completed" or value is None:
+            return {}
+        out[int(seed)] = float(value)
+    return out

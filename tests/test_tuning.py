@@ -179,3 +179,57 @@ def test_two_workers_and_a_sigkilled_search_keep_exactly_the_budget(tune_args, t
         assert all(t.system_attrs.get("regbench_requeued") for t in failed)
         assert {tuple(sorted(t.params.items())) for t in failed} <= \
             {tuple(sorted(t.params.items())) for t in study.get_trials() if t.state.name == "COMPLETE"}
+
+
+def test_the_budget_curve_sensitivity_plot_and_fixed_against_tuned_are_written(tune_args, tmp_path, capsys):
+    """The fixed protocol's runs of the same grid (the same command at the task's defaults, on the final
+    seeds) are found through the run index, and each regimen's tuned-minus-fixed difference is paired."""
+    import pandas as pd
+
+    from regbench.preflight import compose_config
+    from regbench.tune import tune_main
+
+    fixed = {}
+    base = [a for a in tune_args() if not a.startswith("tune.")]
+    for regimen in ("none", "dropout"):
+        for seed in (0, 1):
+            record = runner.run(compose_config([*base, f"regularizer={regimen}", f"seed={seed}"]),
+                                tmp_path / "fixed" / regimen / str(seed))
+            fixed[(regimen, seed)] = record["test"]["ndcg@10"]
+    assert tune_main(tune_args()) == 0
+    folder = tmp_path / "tune"
+    for name in ("trials.csv", "plots/budget_curve.png", "plots/lr_sensitivity.svg", "protocols.csv"):
+        assert (folder / name).is_file(), name
+    trials = pd.read_csv(folder / "trials.csv")
+    assert len(trials) == 6 and set(trials["state"]) == {"complete"}
+    protocols = pd.read_csv(folder / "protocols.csv").set_index("regimen")
+    for regimen in ("none", "dropout"):
+        before = (fixed[(regimen, 0)] + fixed[(regimen, 1)]) / 2
+        assert protocols.loc[regimen, "fixed"] == pytest.approx(before)
+        assert protocols.loc[regimen, "tuned_minus_fixed"] == pytest.approx(protocols.loc[regimen, "tuned"] - before)
+    assert "Fixed protocol (the task's defaults, same seeds) against tuned" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_two_tune_commands_share_one_postgresql_study_without_exceeding_the_budget(tune_args, tmp_path, cli_env):
+    """Workers on several machines share a PostgreSQL server: here two `regbench tune` commands (two
+    folders, as two machines would have) with two workers each, at once, on one private server. The
+    advisory lock keeps exactly tune.trials per regimen."""
+    import subprocess
+    import sys
+
+    from postgres import private_server
+
+    with private_server() as url:
+        commands = [[sys.executable, "-m", "regbench", "tune",
+                     *tune_args("tune.trials=4", "tune.workers=2", f"tune.storage={url}", "tune.study=shared",
+                                "tune.final_seeds=[0]", f"tune.dir={tmp_path / f'machine{i}'}")] for i in (0, 1)]
+        processes = [subprocess.Popen(c, env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True) for c in commands]
+        outputs = [p.communicate(timeout=600) for p in processes]
+        assert [p.returncode for p in processes] == [0, 0], [e[-2000:] for _, e in outputs]
+        for regimen in ("none", "dropout"):
+            study = optuna.load_study(study_name=f"shared.{regimen}", storage=url)
+            assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 4
+            workers = {t.system_attrs["regbench_worker"] for t in study.get_trials()}
+            assert len(workers) >= 2  # the trials were shared out
