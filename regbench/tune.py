@@ -41,6 +41,7 @@ ALWAYS_READ = ("optimizer.lr", "optimizer.weight_decay", "schedule.warmup_epochs
                "optimizer.momentum", "optimizer.beta1", "optimizer.beta2", "trainer.batch_size")
 LR_DECADES = 1.5  # optimizer.lr's default range: this many decades either side of the task's default
 PRUNERS = ("none", "median", "asha")
+LAUNCHERS = ("local", "slurm")
 EDGE = 0.05  # a best value within 5% of its range (on its scale) of an end: the range should move
 
 
@@ -94,6 +95,8 @@ def tune_config(overrides: list[str]) -> DictConfig:
         value = tune.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"tune.{key}={value}: give an integer >= {low}")
+    if tune.launcher not in LAUNCHERS:
+        raise ConfigError(f"tune.launcher={tune.launcher}: choose one of {', '.join(LAUNCHERS)}")
     if tune.pruner not in PRUNERS:
         raise ConfigError(f"tune.pruner={tune.pruner}: choose one of {', '.join(PRUNERS)}")
     if not OmegaConf.is_list(tune.final_seeds) or not tune.final_seeds:
@@ -435,10 +438,9 @@ def tune_main(argv: list[str]) -> int:
     import json
     import multiprocessing
 
-    from regbench import runner
     from regbench.compare import compare, files_line
     from regbench.fileio import write_text_atomic
-    from regbench.preflight import compose_config, merge_overrides
+    from regbench.preflight import merge_overrides
 
     run_overrides, tune_overrides = split_command_line(argv)
     tune = tune_config(tune_overrides)
@@ -456,7 +458,12 @@ def tune_main(argv: list[str]) -> int:
         workers = int(tune.workers)
         log.info("tuning %s in %s: %d trials per regimen, %d worker(s), storage %s", ", ".join(studies), folder,
                  tune.trials, workers, url)
-        if workers == 1:
+        finals: list[tuple[list[str], Path]] = []
+        if tune.launcher == "slurm":
+            executor = slurm_executor(tune, folder)
+            log.info("submitting %d worker(s) as a Slurm job array", workers)
+            _wait(executor.map_array(work, [run_overrides] * workers, [tune_overrides] * workers, range(workers)))
+        elif workers == 1:
             work(run_overrides, tune_overrides)
         else:
             with multiprocessing.get_context("spawn").Pool(workers) as pool:
@@ -470,9 +477,13 @@ def tune_main(argv: list[str]) -> int:
             params, about = found
             chosen[plan.regimen] = about
             for seed in tune.final_seeds:
-                overrides = merge_overrides(plan.overrides, params, [f"seed={seed}"])
-                runner.run(compose_config(overrides), folder / "final" / plan.regimen / f"s{seed}",
-                           dict(o.split("=", 1) for o in overrides))
+                finals.append((merge_overrides(plan.overrides, params, [f"seed={seed}"]),
+                               folder / "final" / plan.regimen / f"s{seed}"))
+        if tune.launcher == "slurm" and finals:  # the final runs are jobs too: nothing trains where you typed
+            _wait(slurm_executor(tune, folder).map_array(final_run, *zip(*finals)))
+        else:
+            for overrides, run_dir in finals:
+                final_run(overrides, run_dir)
     write_text_atomic(folder / "tuned.json", json.dumps({"protocol": "tuned", "storage": url, "trials": tune.trials,
                                                          "final_seeds": list(tune.final_seeds), "best": chosen},
                                                         indent=2) + "\n")
@@ -493,6 +504,44 @@ def tune_main(argv: list[str]) -> int:
             index=False, float_format=lambda v: f"{v:.4f}"))
     print(files_line(files))
     return 0
+
+
+def final_run(overrides: list[str], run_dir: Path) -> str:
+    """One final run (a plain run: a regimen's best configuration on a final seed); its status."""
+    from regbench import runner
+    from regbench.preflight import compose_config
+
+    return runner.run(compose_config(overrides), run_dir, dict(o.split("=", 1) for o in overrides))["status"]
+
+
+def slurm_executor(tune: DictConfig, folder: Path):
+    """A submitit executor for tune.slurm's resources; one array task per worker (or final run)."""
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("tune.launcher=slurm needs submitit: pip install 'regbench[slurm]'") from None
+    executor = submitit.AutoExecutor(folder=str(folder / "slurm" / "%j"), cluster="slurm")
+    s = tune.slurm
+    params = {"timeout_min": int(s.timeout_min), "cpus_per_task": int(s.cpus_per_task),
+              "slurm_array_parallelism": int(tune.workers)}
+    if s.partition:
+        params["slurm_partition"] = str(s.partition)
+    if s.mem_gb:
+        params["mem_gb"] = float(s.mem_gb)
+    if s.gpus_per_node:
+        params["gpus_per_node"] = int(s.gpus_per_node)
+    executor.update_parameters(**params)
+    return executor
+
+
+def _wait(jobs: list) -> None:
+    """Every job's result; a job that failed is one line naming it and where its log is."""
+    for job in jobs:
+        try:
+            job.result()
+        except Exception as err:  # noqa: BLE001 - submitit's FailedJobError and friends
+            raise ConfigError(f"Slurm job {job.job_id} failed ({str(err).splitlines()[0][:200]}); its log: "
+                              f"{job.paths.stderr}") from None
 
 
 def _test_values(folder: Path) -> dict[int, float]:

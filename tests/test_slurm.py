@@ -180,3 +180,32 @@ def test_a_slurm_job_finds_a_model_in_the_folder_the_grid_was_started_from(tiny_
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((sweep / "0" / "metrics.json").read_text())
     assert (record["model"], record["regularizer"], record["status"]) == ("my_model.build", "bn_dropout", "completed")
+
+
+def test_regbench_tune_runs_its_workers_and_final_runs_as_slurm_job_arrays(tiny_ml_dir, tmp_path, cli_env):
+    """tune.launcher=slurm: two workers as a job array share the budget through the SQLite study (one node,
+    the file lock), then each regimen's final runs are an array too; every job COMPLETED in sacct."""
+    optuna = pytest.importorskip("optuna")
+    args = ["tune", "task=movielens", f"data.dir={tiny_ml_dir}", "data.download=false", "trainer.max_epochs=2",
+            "trainer.batch_size=64", "trainer.progress=false", "trainer.device=cpu", "tune.regimens=[none,dropout]",
+            "tune.trials=3", "tune.workers=2", "tune.launcher=slurm", "tune.slurm.timeout_min=5",
+            "tune.final_seeds=[0,1]", f"tune.dir={tmp_path / 'tune'}"]
+    result = subprocess.run([sys.executable, "-m", "regbench", *args], env=cli_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    url = f"sqlite:///{tmp_path / 'tune' / 'optuna.db'}"
+    for regimen in ("none", "dropout"):
+        study = optuna.load_study(study_name=f"movielens-two_tower-adam.{regimen}", storage=url)
+        assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 3
+        for seed in (0, 1):
+            record = json.loads((tmp_path / "tune" / "final" / regimen / f"s{seed}" / "metrics.json").read_text())
+            assert record["status"] == "completed" and record["seed"] == seed
+    jobs = {p.name.split("_")[0] for p in (tmp_path / "tune" / "slurm").iterdir() if p.name[0].isdigit()}
+    assert len(jobs) == 2  # one array of workers, one of final runs
+    for job in jobs:
+        for _ in range(120):  # slurmdbd hears of the jobs' ends asynchronously
+            states = sacct(job)
+            if isinstance(states, dict) and states and all(s[-1] == "COMPLETED" for s in states.values()):
+                break
+            time.sleep(0.5)
+        assert isinstance(states, dict) and states and all(s[-1] == "COMPLETED" for s in states.values()), states

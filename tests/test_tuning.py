@@ -105,6 +105,7 @@ def test_a_pruned_run_is_recorded_as_pruned_and_never_tested(small_cfg, tmp_path
     (["tune.storage=postgresql://nobody@127.0.0.1:9/none"], "tune.storage=postgresql://nobody@127.0.0.1:9/none: cannot"),
     (["tune.final_seeds=[100,1]"], "tune.final_seeds=[100, 1] holds tune.trial_seed=100"),
     (["tune.pruner=hyperband"], "tune.pruner=hyperband: choose one of none, median, asha"),
+    (["tune.launcher=k8s"], "tune.launcher=k8s: choose one of local, slurm"),
     (["tune.trial=3"], "there is no key 'tune.trial' in tune's configuration"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tune, message, tune_args, tmp_path, monkeypatch, capsys):
