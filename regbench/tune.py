@@ -47,13 +47,32 @@ EDGE = 0.05  # a best value within 5% of its range (on its scale) of an end: the
 
 @dataclass(frozen=True)
 class Range:
+    """One searched key: a float range (log or linear), an integer range (`integer`), or a list of choices
+    (`choices`: model.init's initialisations, say)."""
+
     key: str
     low: float
     high: float
     log: bool
+    integer: bool = False
+    choices: tuple | None = None
+
+    def suggest(self, trial) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+
+    def stored(self) -> list:
+        if self.choices is not None:  # no NaN bounds: the stored identity must compare equal to itself
+            return [self.key, None, None, False, False, list(self.choices)]
+        return [self.key, self.low, self.high, self.log, self.integer, []]
 
     def edge(self, value: float) -> str | None:
-        """"low" or "high" when `value` sits at that end of the range (on its scale)."""
+        """"low" or "high" when `value` sits at that end of the range (on its scale); None for choices."""
+        if self.choices is not None:
+            return None
         scale = math.log10 if self.log else (lambda v: v)
         span = scale(self.high) - scale(self.low)
         where = (scale(value) - scale(self.low)) / span if span > 0 else 0.5
@@ -78,7 +97,7 @@ def tune_config(overrides: list[str]) -> DictConfig:
             raise ConfigError(f"{override}: cannot be read ({str(err).splitlines()[0]})") from None
         if name.startswith("space."):  # the space's keys hold dots themselves: tune.space.optimizer.lr.low=...
             searched, _, field = name[len("space."):].rpartition(".")
-            if field in ("low", "high", "log") and searched:
+            if field in ("low", "high", "log", "int", "choices") and searched:
                 entry = dict(base.space.get(searched) or {"low": None, "high": None, "log": False})
                 entry[field] = value
                 base.space[searched] = entry
@@ -125,7 +144,8 @@ def ranges(tune: DictConfig, cfg: DictConfig, regimen) -> list[Range]:
         if key == "optimizer.lr" and low is None and high is None:
             default = float(cfg.optimizer.lr)
             low, high = default / 10 ** LR_DECADES, default * 10 ** LR_DECADES
-        out.append(_checked(key, low, high, bool(spec.get("log", False))))
+        out.append(_checked(key, low, high, bool(spec.get("log", False)), bool(spec.get("int", False)),
+                            spec.get("choices")))
     if tune.conditional:
         for key, (spec, reads) in CONDITIONAL.items():
             if reads(regimen) and key not in tune.space:
@@ -136,7 +156,13 @@ def ranges(tune: DictConfig, cfg: DictConfig, regimen) -> list[Range]:
     return out
 
 
-def _checked(key: str, low: Any, high: Any, log_scale: bool) -> Range:
+def _checked(key: str, low: Any, high: Any, log_scale: bool, integer: bool = False,
+             choices: Any = None) -> Range:
+    if choices is not None:
+        options = list(choices) if OmegaConf.is_list(choices) or isinstance(choices, (list, tuple)) else []
+        if len(options) < 2:
+            raise ConfigError(f"tune.space.{key}.choices={choices}: give a list of at least two values")
+        return Range(key, math.nan, math.nan, False, choices=tuple(options))
     for name, value in (("low", low), ("high", high)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise ConfigError(f"tune.space.{key}.{name}={value}: give a number")
@@ -144,7 +170,7 @@ def _checked(key: str, low: Any, high: Any, log_scale: bool) -> Range:
         raise ConfigError(f"tune.space.{key}: low={low} is not below high={high}")
     if log_scale and low <= 0:
         raise ConfigError(f"tune.space.{key}: a log range must stay above 0 (low={low}); use log: false or a low > 0")
-    return Range(key, float(low), float(high), log_scale)
+    return Range(key, float(low), float(high), log_scale, integer=integer)
 
 
 # -- the studies ------------------------------------------------------------------------------------
@@ -209,7 +235,7 @@ def open_studies(tune: DictConfig, plans_: list[Plan], url: str) -> dict[str, An
     studies = {}
     for plan in plans_:
         identity = {"task": plan.cfg.task.name, "model": plan.cfg.model.name, "trial_seed": int(tune.trial_seed),
-                    "space": [[r.key, r.low, r.high, r.log] for r in plan.ranges]}
+                    "space": [r.stored() for r in plan.ranges]}
         pruner = {"none": optuna.pruners.NopPruner(), "median": optuna.pruners.MedianPruner(n_warmup_steps=1),
                   "asha": optuna.pruners.SuccessiveHalvingPruner()}[tune.pruner]
         study = optuna.create_study(study_name=f"{name}.{plan.regimen}", storage=storage, direction="maximize",
@@ -275,7 +301,7 @@ def counted(study) -> int:
 
 # -- trials -----------------------------------------------------------------------------------------
 def _params_overrides(ranges_: list[Range], trial) -> list[str]:
-    return [f"{r.key}={trial.suggest_float(r.key, r.low, r.high, log=r.log)!r}" for r in ranges_]
+    return [f"{r.key}={r.suggest(trial)!r}" for r in ranges_]
 
 
 def run_trial(plan: Plan, study, trial, folder: Path) -> str:
