@@ -98,7 +98,8 @@ def tune_config(overrides: list[str]) -> DictConfig:
         if name.startswith("space."):  # the space's keys hold dots themselves: tune.space.optimizer.lr.low=...
             searched, _, field = name[len("space."):].rpartition(".")
             if field in ("low", "high", "log", "int", "choices") and searched:
-                entry = dict(base.space.get(searched) or {"low": None, "high": None, "log": False})
+                default = CONDITIONAL.get(searched, ({"low": None, "high": None, "log": False},))[0]
+                entry = dict(base.space.get(searched) or default)  # a regimen's own key starts from its range
                 entry[field] = value
                 base.space[searched] = entry
             else:

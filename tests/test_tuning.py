@@ -254,3 +254,14 @@ def test_the_space_takes_an_initialisation_and_a_warmup_length_as_nuisance(tune_
     assert tune_main(tune_args("tune.trials=3", "tune.final_seeds=[0]", "tune.regimens=[none]",
                                "+tune.space.model.init={choices:[default,kaiming,xavier]}",
                                "+tune.space.schedule.warmup_epochs={low:0,high:2,int:true}")) == 0  # same space
+
+
+def test_the_edge_warnings_advice_works(tune_args):
+    """'move the range (tune.space.regularizer.dropout.p)': one bound of a regimen's own key can be moved
+    alone, the other kept from its default range."""
+    from regbench.tune import plans, split_command_line, tune_config
+
+    runs, tune = split_command_line(tune_args("tune.space.regularizer.dropout.p.high=0.9"))
+    dropout = next(p for p in plans(runs, tune_config(tune), machine=False) if p.regimen == "dropout")
+    (p,) = [r for r in dropout.ranges if r.key == "regularizer.dropout.p"]
+    assert (p.low, p.high) == (0.05, 0.9)
