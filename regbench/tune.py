@@ -401,6 +401,9 @@ def work(run_overrides: list[str], tune_overrides: list[str], worker: int = 0) -
     """One worker: trials until every regimen's budget is spent, data and studies opened once per process;
     the choice of the next trial is made under a lock, so workers never exceed a budget. Returns the
     number of trials it ran."""
+    from regbench.tasks.base import keep_data_in_process
+
+    keep_data_in_process()  # every trial of this worker reads the same data: once
     tune = tune_config(tune_overrides)
     plans_ = {p.regimen: p for p in plans(run_overrides, tune)}
     folder = tune_dir(tune, next(iter(plans_.values())).cfg)
@@ -462,6 +465,15 @@ def best_overrides(plan: Plan, study, tune: DictConfig) -> tuple[list[str], dict
 def tune_main(argv: list[str]) -> int:
     """`regbench tune [OVERRIDES] [tune.KEY=VALUE]`: search, then re-run each regimen's best on fresh seeds
     and compare those runs only. Returns the exit code."""
+    from regbench.tasks.base import keep_data_in_process
+
+    try:
+        return _tune(argv)
+    finally:
+        keep_data_in_process(False)  # what the trials kept is not for whatever this process does next
+
+
+def _tune(argv: list[str]) -> int:
     import json
     import multiprocessing
 

@@ -265,3 +265,16 @@ def test_the_edge_warnings_advice_works(tune_args):
     dropout = next(p for p in plans(runs, tune_config(tune), machine=False) if p.regimen == "dropout")
     (p,) = [r for r in dropout.ranges if r.key == "regularizer.dropout.p"]
     assert (p.low, p.high) == (0.05, 0.9)
+
+
+def test_a_worker_reads_the_data_once_for_all_its_trials(tune_args, monkeypatch):
+    from regbench.data import movielens
+    from regbench.tasks import base
+    from regbench.tune import tune_main
+
+    calls = []
+    real = movielens.load
+    monkeypatch.setattr(movielens, "load", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert tune_main(tune_args("tune.trials=2")) == 0  # 4 trials and 4 final runs in this process
+    assert len(calls) == 1
+    assert not base._KEEPING and not base._KEPT  # nothing kept for what the process does next

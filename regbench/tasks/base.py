@@ -2,20 +2,35 @@
 batches, the loss, the metrics, and the model built for its inputs from the config's `model._target_`."""
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from regbench.models import build_model
 from regbench.regimen import Regimen
 
 Batch = Any
+
+# What tasks read from disk, kept for later runs of the same process when a tuning worker runs many trials
+# (keep_data_in_process); a plain run is one per process and never keeps anything.
+_KEPT: dict[tuple, Any] = {}
+_KEEPING = False
+
+
+def keep_data_in_process(on: bool = True) -> None:
+    """Keep the data tasks read (their arrays, sentences, ratings) for this process's later runs of the same
+    data settings: what lets a tuning worker load the data once for all its trials."""
+    global _KEEPING
+    _KEEPING = on
+    if not on:
+        _KEPT.clear()
 
 
 def batch_rows(batch: Batch) -> int:
@@ -51,6 +66,17 @@ class Task(ABC):
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.device = device
+
+    def read_once(self, what: str, load: Callable[[], Any]) -> Any:
+        """load(), or what an earlier run of this process loaded with the same task and data settings while
+        keep_data_in_process is on. Callers treat the result as read-only (they copy what they change)."""
+        if not _KEEPING:
+            return load()
+        data = json.dumps(OmegaConf.to_container(self.cfg.data, resolve=True), sort_keys=True, default=str)
+        key = (type(self).__module__, type(self).__qualname__, what, data, str(self.cfg.paths.get("data_dir")))
+        if key not in _KEPT:
+            _KEPT[key] = load()
+        return _KEPT[key]
 
     @cached_property
     def regimen(self) -> Regimen:

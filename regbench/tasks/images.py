@@ -84,7 +84,7 @@ class ImageClassificationTask(Task):
         super().__init__(cfg, device)
         self._test_outputs: dict[str, Any] | None = None  # set by evaluate(model, "test")
         dcfg = cfg.data
-        arrays = self.load_arrays()
+        arrays = self.read_once("arrays", self.load_arrays)
         self.source, self.classes = arrays.source, list(arrays.classes)
         self.num_classes = len(self.classes)
         order = balanced_order(arrays.train_y, dcfg.split_seed)

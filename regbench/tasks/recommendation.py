@@ -90,7 +90,7 @@ class MovieLensTask(Task):
         self.source = movielens.locate(d.name, self.data_dirs(cfg), d.download)
         # the zip's hash goes into the record; with data.sha256 set, a different file is refused
         self.sha256 = verify_sha256(self.source, d.get("sha256")) if self.source.is_file() else None
-        self.dataset = movielens.load(d.name, self.source)
+        self.dataset = self.read_once("dataset", lambda: movielens.load(d.name, self.source))
         ratings = self.dataset.ratings
         if d.max_users:
             ratings = ratings[ratings["user"].isin(np.sort(ratings["user"].unique())[: d.max_users])]

@@ -209,7 +209,8 @@ class TaggingTask(Task):
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         super().__init__(cfg, device)
         self.paths: dict[str, Path] = {}
-        splits = self.load_splits()
+        splits, self.paths = self.read_once("splits", lambda: (self.load_splits(), self.paths))
+        splits = dict(splits)  # limited below: the kept dict stays whole
         dcfg = cfg.data
         if dcfg.limit_train:
             splits["train"] = splits["train"][: dcfg.limit_train]
