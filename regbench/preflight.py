@@ -243,8 +243,8 @@ def _word_error(word: str, following: str | None, subcommands: Sequence[str], fi
     if word in config_groups() or word.split(".")[0] in SECTION_GROUP:
         value = following if following and "=" not in following and not following.startswith("-") else "VALUE"
         return ConfigError(f"{word}: a setting is written key=value, without spaces: {word}={value}")
-    return ConfigError(f"{word}: expected key=value (e.g. regularizer=bn) or one of the commands "
-                       f"{', '.join(subcommands)}")
+    commands = f" or one of the commands {', '.join(subcommands)}" if subcommands else ""
+    return ConfigError(f"{word}: expected key=value (e.g. regularizer=bn){commands}")
 
 
 def check_command_line(argv: Sequence[str], machine: bool = True) -> int:

@@ -407,9 +407,9 @@ def work(run_overrides: list[str], tune_overrides: list[str], worker: int = 0) -
     tune = tune_config(tune_overrides)
     plans_ = {p.regimen: p for p in plans(run_overrides, tune)}
     folder = tune_dir(tune, next(iter(plans_.values())).cfg)
-    studies = open_studies(tune, list(plans_.values()), storage_url(tune, folder))
-    ran = 0
     url = storage_url(tune, folder)
+    studies = open_studies(tune, list(plans_.values()), url)
+    ran = 0
     while True:
         with _ask_lock(url, folder):
             picked = next_trial(studies, int(tune.trials))
@@ -429,11 +429,14 @@ def _work_in_process(args: tuple) -> int:
 # -- the command ------------------------------------------------------------------------------------
 def split_command_line(argv: list[str]) -> tuple[list[str], list[str]]:
     """(the runs' overrides, the tune.KEY=VALUE ones); the regimen and the seed belong to the protocol."""
+    from regbench.preflight import check_words
+
+    check_words(argv, ())  # a key given twice, a stray word: one line, as for a run
     runs, tune = [], []
     for arg in argv:
         key = arg.partition("=")[0].lstrip("+~")
-        if key == "tune" or key.startswith("tune."):
-            tune.append(arg if key.startswith("tune.") else arg)
+        if key.startswith("tune."):
+            tune.append(arg)
         elif key in ("regularizer", "seed"):
             raise ConfigError(f"{arg}: `regbench tune` compares the regimens of tune.regimens on tune.trial_seed, then "
                               f"tune.final_seeds: set those instead (e.g. tune.regimens=[none,bn])")
@@ -441,10 +444,10 @@ def split_command_line(argv: list[str]) -> tuple[list[str], list[str]]:
             raise ConfigError(f"{arg}: `regbench tune` takes key=value overrides and tune.KEY=VALUE only")
         else:
             runs.append(arg)
-    return runs, [a for a in tune if a.partition("=")[0] != "tune"]
+    return runs, tune
 
 
-def best_overrides(plan: Plan, study, tune: DictConfig) -> tuple[list[str], dict[str, Any]] | None:
+def best_overrides(plan: Plan, study) -> tuple[list[str], dict[str, Any]] | None:
     """The best completed trial's overrides and what to say about it; None when no trial completed."""
     from optuna.trial import TrialState
 
@@ -455,7 +458,7 @@ def best_overrides(plan: Plan, study, tune: DictConfig) -> tuple[list[str], dict
     edges = {r.key: r.edge(best.params[r.key]) for r in plan.ranges if r.key in best.params}
     for key, where in edges.items():
         if where:
-            log.warning("regularizer=%s: the best %s (%g) sits at the %s end of its range: move the range "
+            log.warning("regularizer=%s: the best %s (%s) sits at the %s end of its range: move the range "
                         "(tune.space.%s)", plan.regimen, key, best.params[key], where, key)
     about = {"trial": best.number, "val_score": best.value, "params": dict(best.params),
              "at_edge": {k: v for k, v in edges.items() if v}}
@@ -509,7 +512,7 @@ def _tune(argv: list[str]) -> int:
                 pool.map(_work_in_process, [(run_overrides, tune_overrides, i) for i in range(workers)])
         chosen = {}
         for plan in plans_:
-            found = best_overrides(plan, studies[plan.regimen], tune)
+            found = best_overrides(plan, studies[plan.regimen])
             if found is None:
                 log.warning("regularizer=%s: no trial completed, so it has no final runs", plan.regimen)
                 continue

@@ -10,6 +10,7 @@ import pytest
 
 from regbench import runner
 from regbench.cli import tuning_score
+from regbench.preflight import merge_overrides
 
 optuna = pytest.importorskip("optuna", reason="needs pip install 'regbench[optuna]'")
 
@@ -19,10 +20,11 @@ STUDY = "movielens-two_tower-adam"
 @pytest.fixture
 def tune_args(tiny_ml_dir, tmp_path):
     def _args(*tune: str) -> list[str]:
-        return ["task=movielens", f"data.dir={tiny_ml_dir}", "data.download=false", "trainer.max_epochs=2",
-                "trainer.batch_size=64", "trainer.progress=false", "trainer.device=cpu",
-                f"paths.output_dir={tmp_path / 'outputs'}", "tune.regimens=[none,dropout]", "tune.trials=3",
-                "tune.final_seeds=[0,1]", f"tune.dir={tmp_path / 'tune'}", *tune]
+        return merge_overrides(["task=movielens", f"data.dir={tiny_ml_dir}", "data.download=false",
+                                "trainer.max_epochs=2", "trainer.batch_size=64", "trainer.progress=false",
+                                "trainer.device=cpu", f"paths.output_dir={tmp_path / 'outputs'}",
+                                "tune.regimens=[none,dropout]", "tune.trials=3", "tune.final_seeds=[0,1]",
+                                f"tune.dir={tmp_path / 'tune'}"], tune)
     return _args
 
 
