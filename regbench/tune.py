@@ -221,9 +221,35 @@ def storage_url(tune: DictConfig, folder: Path) -> str:
     return str(tune.storage or f"sqlite:///{folder.resolve() / 'optuna.db'}")
 
 
+def sampler_seed(tune: DictConfig, url: str) -> int:
+    """tune.sampler_seed for a search with one worker (reproducible, and the same for every regimen). With
+    several workers, or a storage other processes may share, each process gets a seed of its own: processes
+    seeded alike would propose the same points (the same runs) in parallel."""
+    if int(tune.workers) == 1 and url.startswith("sqlite") and tune.launcher == "local":
+        return int(tune.sampler_seed)
+    import os
+    import socket
+
+    mixed = hashlib.sha256(f"{tune.sampler_seed}:{socket.gethostname()}:{os.getpid()}".encode()).hexdigest()
+    return int(mixed[:8], 16)
+
+
 def open_studies(tune: DictConfig, plans_: list[Plan], url: str) -> dict[str, Any]:
     """regimen -> its Optuna study (created, or loaded when it exists); a study created with another
     space or task, or a storage that cannot be reached, is one line."""
+    if url.startswith("postgresql"):  # two commands creating the tables or a study at once collide
+        try:
+            with _server_lock(url):
+                return _open_studies(tune, plans_, url)
+        except ConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the server could not be reached
+            raise ConfigError(f"tune.storage={url}: cannot be opened ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200]})") from None
+    return _open_studies(tune, plans_, url)
+
+
+def _open_studies(tune: DictConfig, plans_: list[Plan], url: str) -> dict[str, Any]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -240,7 +266,7 @@ def open_studies(tune: DictConfig, plans_: list[Plan], url: str) -> dict[str, An
         pruner = {"none": optuna.pruners.NopPruner(), "median": optuna.pruners.MedianPruner(n_warmup_steps=1),
                   "asha": optuna.pruners.SuccessiveHalvingPruner()}[tune.pruner]
         study = optuna.create_study(study_name=f"{name}.{plan.regimen}", storage=storage, direction="maximize",
-                                    sampler=optuna.samplers.TPESampler(seed=int(tune.sampler_seed)), pruner=pruner,
+                                    sampler=optuna.samplers.TPESampler(seed=sampler_seed(tune, url)), pruner=pruner,
                                     load_if_exists=True)
         stored = study.user_attrs.get("identity")
         if stored is None:
@@ -383,6 +409,13 @@ def _ask_lock(url: str, folder: Path) -> Iterator[None]:
         with _locked(folder / ".ask.lock"):
             yield
         return
+    with _server_lock(url):
+        yield
+
+
+@contextmanager
+def _server_lock(url: str) -> Iterator[None]:
+    """A PostgreSQL advisory lock, one per storage URL (it needs no table, so it also guards their creation)."""
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(url)
@@ -495,8 +528,9 @@ def _tune(argv: list[str]) -> int:
         if not mine:
             raise ConfigError(f"another `regbench tune` is running the study in {folder}: wait for it, or give "
                               "another tune.dir")
-        for study in studies.values():
-            requeue_stale(study)
+        with _ask_lock(url, folder):  # no worker is between asking for a trial and signing it
+            for study in studies.values():
+                requeue_stale(study)
         workers = int(tune.workers)
         log.info("tuning %s in %s: %d trials per regimen, %d worker(s), storage %s", ", ".join(studies), folder,
                  tune.trials, workers, url)

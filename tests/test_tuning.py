@@ -182,6 +182,8 @@ def test_two_workers_and_a_sigkilled_search_keep_exactly_the_budget(tune_args, t
         assert all(t.system_attrs.get("regbench_requeued") for t in failed)
         assert {tuple(sorted(t.params.items())) for t in failed} <= \
             {tuple(sorted(t.params.items())) for t in study.get_trials() if t.state.name == "COMPLETE"}
+        completed = [tuple(sorted(t.params.items())) for t in study.get_trials() if t.state.name == "COMPLETE"]
+        assert len(set(completed)) == 3  # the two workers never ran the same point
 
 
 def test_the_budget_curve_sensitivity_plot_and_fixed_against_tuned_are_written(tune_args, tmp_path, capsys):
@@ -234,6 +236,7 @@ def test_two_tune_commands_share_one_postgresql_study_without_exceeding_the_budg
         for regimen in ("none", "dropout"):
             study = optuna.load_study(study_name=f"shared.{regimen}", storage=url)
             assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 4
+            assert len({tuple(sorted(t.params.items())) for t in study.get_trials()}) == 4
             workers = {t.system_attrs["regbench_worker"] for t in study.get_trials()}
             assert len(workers) >= 2  # the trials were shared out
 
@@ -280,3 +283,19 @@ def test_a_worker_reads_the_data_once_for_all_its_trials(tune_args, monkeypatch)
     assert tune_main(tune_args("tune.trials=2")) == 0  # 4 trials and 4 final runs in this process
     assert len(calls) == 1
     assert not base._KEEPING and not base._KEPT  # nothing kept for what the process does next
+
+
+def test_parallel_workers_never_propose_the_same_point(tune_args, tmp_path):
+    """Workers seeded alike would ask for the same first point, which is the same run: with one worker the
+    sampler has tune.sampler_seed (reproducible), with several each process a seed of its own."""
+    from omegaconf import OmegaConf
+
+    from regbench.tune import sampler_seed, tune_config
+
+    one = tune_config(["tune.sampler_seed=7"])
+    assert sampler_seed(one, "sqlite:///x.db") == 7
+    many = tune_config(["tune.sampler_seed=7", "tune.workers=2"])
+    assert sampler_seed(many, "sqlite:///x.db") != 7
+    shared = tune_config(["tune.sampler_seed=7"])
+    assert sampler_seed(shared, "postgresql://u@h/db") != 7
+    assert OmegaConf.to_container(one)["sampler_seed"] == 7
