@@ -331,7 +331,20 @@ def _params_overrides(ranges_: list[Range], trial) -> list[str]:
     return [f"{r.key}={r.suggest(trial)!r}" for r in ranges_]
 
 
-def run_trial(plan: Plan, study, trial, folder: Path) -> str:
+def worker_threads(cfg: DictConfig, workers: int) -> int | None:
+    """Torch threads of each worker's runs: trainer.threads when set; else the CPUs Slurm gave the task; else
+    this machine's CPUs shared by the local workers; None (PyTorch's default) for one local worker."""
+    import os
+
+    from regbench.launchers import available_cpus, job_threads
+
+    threads = job_threads(int(cfg.trainer.threads), None, os.environ)
+    if threads is None and workers > 1:
+        return max(1, available_cpus() // workers)
+    return threads
+
+
+def run_trial(plan: Plan, study, trial, folder: Path, threads: int | None = None) -> str:
     """Train one trial as an ordinary run (its record in <dir>/trials/<regimen>/<number>) and tell the study
     its validation score; returns the trial's state's name."""
     from optuna.trial import TrialState
@@ -350,7 +363,7 @@ def run_trial(plan: Plan, study, trial, folder: Path) -> str:
         return trial.should_prune()
 
     try:
-        record = runner.run(cfg, run_dir, dict(o.split("=", 1) for o in params), prune=prune)
+        record = runner.run(cfg, run_dir, dict(o.split("=", 1) for o in params), threads, prune=prune)
     except Exception as err:  # noqa: BLE001 - a crashed trial is a failed trial; its record says why
         log.warning("trial %d of %s failed: %s", trial.number, study.study_name, err)
         study.tell(trial, state=TrialState.FAIL)
@@ -442,6 +455,8 @@ def work(run_overrides: list[str], tune_overrides: list[str], worker: int = 0) -
     folder = tune_dir(tune, next(iter(plans_.values())).cfg)
     url = storage_url(tune, folder)
     studies = open_studies(tune, list(plans_.values()), url)
+    local = tune.launcher == "local"
+    threads = worker_threads(next(iter(plans_.values())).cfg, int(tune.workers) if local else 1)
     ran = 0
     while True:
         with _ask_lock(url, folder):
@@ -449,7 +464,7 @@ def work(run_overrides: list[str], tune_overrides: list[str], worker: int = 0) -
         if picked is None:
             return ran
         regimen, trial = picked
-        state = run_trial(plans_[regimen], studies[regimen], trial, folder)
+        state = run_trial(plans_[regimen], studies[regimen], trial, folder, threads)
         ran += 1
         log.info("worker %d: %s trial %d %s (%d of %d)", worker, regimen, trial.number, state,
                  counted(studies[regimen]), tune.trials)

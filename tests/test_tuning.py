@@ -299,3 +299,18 @@ def test_parallel_workers_never_propose_the_same_point(tune_args, tmp_path):
     shared = tune_config(["tune.sampler_seed=7"])
     assert sampler_seed(shared, "postgresql://u@h/db") != 7
     assert OmegaConf.to_container(one)["sampler_seed"] == 7
+
+
+def test_local_workers_share_the_cpus(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from regbench import launchers
+    from regbench.tune import worker_threads
+
+    monkeypatch.setattr(launchers, "available_cpus", lambda: 8)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    cfg = OmegaConf.create({"trainer": {"threads": 0}})
+    assert worker_threads(cfg, 1) is None and worker_threads(cfg, 2) == 4 and worker_threads(cfg, 3) == 2
+    assert worker_threads(OmegaConf.create({"trainer": {"threads": 3}}), 2) == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "5")
+    assert worker_threads(cfg, 2) == 5
