@@ -95,8 +95,8 @@ def test_a_grid_runs_as_a_slurm_job_array_and_every_record_lands(tiny_data_dir, 
     # Jobs 0 and 2 train 6 epochs, 1 and 3 one: with two CPUs the jobs end in another order than they start.
     # logger=mlflow: the jobs write nothing to MLflow; the process that launched the grid exports it at the end
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    command = ["-m", *SLURM, *tiny_overrides(tiny_data_dir, tmp_path / "cache"), f"hydra.sweep.dir={sweep}",
-               "regularizer=none,bn", "trainer.max_epochs=6,1", "logger=mlflow", f"logger.tracking_uri={uri}"]
+    command = ["-m", *SLURM, *tiny_overrides(tiny_data_dir, tmp_path / "cache", "trainer.max_epochs=6,1"),
+               f"hydra.sweep.dir={sweep}", "regularizer=none,bn", "logger=mlflow", f"logger.tracking_uri={uri}"]
     result = subprocess.run([sys.executable, "-m", "regbench", *command], env=cli_env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -129,8 +129,8 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes(tiny_data
     """SIGUSR2 is what Slurm sends `signal_delay_s` before the time limit (and on pre-emption):
     `scancel --signal=USR2` sends it now instead of in minutes."""
     sweep = tmp_path / "sweep"
-    command = ["-m", *SLURM, *tiny_overrides(tiny_data_dir, tmp_path / "cache"), f"hydra.sweep.dir={sweep}",
-               "trainer.max_epochs=40"]
+    command = ["-m", *SLURM, *tiny_overrides(tiny_data_dir, tmp_path / "cache", "trainer.max_epochs=40"),
+               f"hydra.sweep.dir={sweep}"]
     process = subprocess.Popen([sys.executable, "-m", "regbench", *command], env=cli_env, cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -173,8 +173,8 @@ def test_a_slurm_job_finds_a_model_in_the_folder_the_grid_was_started_from(tiny_
     shutil.copy(Path(__file__).resolve().parents[1] / "examples" / "my_model.py", tmp_path / "my_model.py")
     env = {k: v for k, v in cli_env.items() if k != "PYTHONPATH"}
     sweep = tmp_path / "sweep"
-    command = ["-m", *SLURM, *tiny_overrides(tiny_data_dir, tmp_path / "cache"), f"hydra.sweep.dir={sweep}",
-               "model=custom", "model._target_=my_model.build", "model.width=8", "regularizer=bn_dropout"]
+    command = ["-m", *SLURM, *tiny_overrides(tiny_data_dir, tmp_path / "cache", "model.width=8"),
+               f"hydra.sweep.dir={sweep}", "model=custom", "model._target_=my_model.build", "regularizer=bn_dropout"]
     result = subprocess.run([sys.executable, "-m", "regbench", *command], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
