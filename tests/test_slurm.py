@@ -145,6 +145,13 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes(tiny_data
         for _ in range(120):
             info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
             if "JobState=PENDING" in info:
+                # Not before the node has cleaned up the killed attempt: started at once, the requeued job
+                # met "Job credential revoked" and FAILED (slurmctld.log, CI of 2026-12-06).
+                for _ in range(120):
+                    if "idle" in subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True).stdout:
+                        break
+                    time.sleep(0.25)
+                time.sleep(1.0)
                 subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
                 break
             time.sleep(0.25)
