@@ -450,6 +450,8 @@ def work(run_overrides: list[str], tune_overrides: list[str], worker: int = 0) -
     from regbench.tasks.base import keep_data_in_process
 
     keep_data_in_process()  # every trial of this worker reads the same data: once
+    if not logging.getLogger().handlers:  # a spawned worker or a Slurm task: its trials' lines on its stderr
+        logging.basicConfig(level=logging.INFO, format=f"[worker {worker}] %(message)s")
     tune = tune_config(tune_overrides)
     plans_ = {p.regimen: p for p in plans(run_overrides, tune)}
     folder = tune_dir(tune, next(iter(plans_.values())).cfg)
