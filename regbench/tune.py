@@ -36,9 +36,6 @@ CONDITIONAL = {
     "regularizer.cutmix.alpha": ({"low": 0.1, "high": 2.0, "log": True}, lambda r: r.cutmix_alpha > 0),
     "regularizer.ema.decay": ({"low": 0.9, "high": 0.9999, "log": False}, lambda r: r.ema_decay > 0),
 }
-# The keys every regimen reads, whatever it is (the nuisance of the protocol).
-ALWAYS_READ = ("optimizer.lr", "optimizer.weight_decay", "schedule.warmup_epochs", "model.init",
-               "optimizer.momentum", "optimizer.beta1", "optimizer.beta2", "trainer.batch_size")
 LR_DECADES = 1.5  # optimizer.lr's default range: this many decades either side of the task's default
 PRUNERS = ("none", "median", "asha")
 LAUNCHERS = ("local", "slurm")
@@ -106,8 +103,8 @@ def tune_config(overrides: list[str]) -> DictConfig:
                 base.space[name[len("space."):]] = value
             continue
         OmegaConf.update(base, name, value, merge=False)
-    tune = base
-    if not isinstance(tune.regimens, (list, tuple)) and not OmegaConf.is_list(tune.regimens):
+    tune = base  # the defaults, now with the command line's values
+    if not OmegaConf.is_list(tune.regimens):
         raise ConfigError(f"tune.regimens={tune.regimens}: give a list, e.g. tune.regimens=[none,bn]")
     if not tune.regimens:
         raise ConfigError("tune.regimens=[]: name at least one regimen, e.g. tune.regimens=[none,bn]")
@@ -287,9 +284,13 @@ def _alive(worker: str | None) -> bool:
     import os
     import socket
 
-    host, _, pid = (worker or ":").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return bool(worker) and host != socket.gethostname()
+    if not worker:
+        return False  # asked for by no worker of ours (a trial left by hand, say)
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    if not pid.isdigit():
+        return False
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
