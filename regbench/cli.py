@@ -365,7 +365,7 @@ def _tune(argv: list[str]) -> int:
         if os.environ.get(DEBUG_ENV):
             raise
         print(f"regbench tune: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
 
 
 def _prepare_rank(argv: list[str]) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from regbench import tune_report
-from regbench.errors import ConfigError
+from regbench.errors import ConfigError, RegbenchError
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +300,16 @@ def _alive(worker: str | None) -> bool:
     return True
 
 
+REQUEUED_ATTR = "regbench_requeued"  # a FAIL that does not count: its parameters were queued again
+
+
+class TrialCrashed(RegbenchError):
+    """A trial raised an error of the code or the machine (not a result of its configuration): it is queued
+    again and does not count, and the tune stops; exit code 1."""
+
+    exit_code = 1
+
+
 def requeue_stale(study) -> int:
     """Trials left RUNNING by a process of this machine that died: failed, and their parameters queued again
     (the run of the queued trial resumes from its checkpoint). Trials of live workers, here or on other
@@ -309,7 +319,7 @@ def requeue_stale(study) -> int:
     stale = [t for t in study.get_trials(deepcopy=False)
              if t.state == TrialState.RUNNING and not _alive(t.system_attrs.get(WORKER_ATTR))]
     for trial in stale:
-        study._storage.set_trial_system_attr(trial._trial_id, "regbench_requeued", True)
+        study._storage.set_trial_system_attr(trial._trial_id, REQUEUED_ATTR, True)
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         study.enqueue_trial(trial.params, skip_if_exists=False)
         log.warning("trial %d of study %s was running when its process stopped: queued again with %s",
@@ -324,7 +334,7 @@ def counted(study) -> int:
 
     return sum(1 for t in study.get_trials(deepcopy=False)
                if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-               or (t.state == TrialState.FAIL and not t.system_attrs.get("regbench_requeued")))
+               or (t.state == TrialState.FAIL and not t.system_attrs.get(REQUEUED_ATTR)))
 
 
 # -- trials -----------------------------------------------------------------------------------------
@@ -365,10 +375,17 @@ def run_trial(plan: Plan, study, trial, folder: Path, threads: int | None = None
 
     try:
         record = runner.run(cfg, run_dir, dict(o.split("=", 1) for o in params), threads, prune=prune)
-    except Exception as err:  # noqa: BLE001 - a crashed trial is a failed trial; its record says why
-        log.warning("trial %d of %s failed: %s", trial.number, study.study_name, err)
+    except Exception as err:  # noqa: BLE001 - any error of the run: the trial says nothing about its point
+        # A crash (a bug, the machine, a signal) is no result of the configuration: counting it would let a
+        # broken setup burn the whole budget in seconds. The trial is failed, its parameters queued again,
+        # and the worker stops; the same command continues once the cause is fixed.
+        study._storage.set_trial_system_attr(trial._trial_id, REQUEUED_ATTR, True)
         study.tell(trial, state=TrialState.FAIL)
-        return "failed"
+        study.enqueue_trial(trial.params, skip_if_exists=False)
+        what = err if isinstance(err, RegbenchError) else f"{type(err).__name__}: {err}"
+        raise TrialCrashed(f"trial {trial.number} of study {study.study_name} crashed: {what} (its record: "
+                           f"{run_dir / 'metrics.json'}). It is queued again and does not count: fix the cause and "
+                           "run the same command to continue") from None
     if record.get("status") == "pruned":
         study.tell(trial, state=TrialState.PRUNED)
         return "pruned"

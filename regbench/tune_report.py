@@ -17,13 +17,15 @@ from regbench.fileio import write_csv_atomic, write_text_atomic
 
 
 def trial_rows(studies: dict[str, Any]) -> pd.DataFrame:
-    """One row per trial: regimen, number, state, validation score (a pruned trial's last report), params."""
+    """One row per trial: regimen, number, state (complete, pruned, fail; requeued: stopped by a crash or a
+    killed process, its point queued again, not counted), validation score (a pruned trial's last report), params."""
     rows = []
     for regimen, study in studies.items():
         for t in study.get_trials(deepcopy=False):
             score = t.value if t.state.name == "COMPLETE" else (
                 t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else math.nan)
-            rows.append({"regimen": regimen, "trial": t.number, "state": t.state.name.lower(), "val_score": score,
+            state = "requeued" if t.system_attrs.get("regbench_requeued") else t.state.name.lower()
+            rows.append({"regimen": regimen, "trial": t.number, "state": state, "val_score": score,
                          **{f"param.{k}": v for k, v in t.params.items()}})
     return pd.DataFrame(rows)
 

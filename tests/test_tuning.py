@@ -86,6 +86,37 @@ def test_a_trial_left_running_by_a_dead_process_runs_again_and_counts_once(tune_
     assert len(studies(tmp_path)["dropout"].get_trials()) == 2
 
 
+def test_a_crashed_trial_stops_the_tune_is_queued_again_and_never_counts(tune_args, tmp_path, monkeypatch):
+    """A crash (a bug, the machine) says nothing about the trial's point: before, every later trial crashed too
+    and the whole budget was spent on failures in seconds, leaving a study "finished" with nothing in it."""
+    from regbench.tune import TrialCrashed, tune_main
+
+    real_run, calls = runner.run, []
+
+    def crashing_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("a bug in the user's code")
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run", crashing_once)
+    with pytest.raises(TrialCrashed, match=r"trial 0 of study .*\.dropout crashed: ValueError: a bug in the user's code "
+                                           r"\(its record: .*\). It is queued again and does not count") as crash:
+        tune_main(tune_args("tune.trials=2"))
+    assert crash.value.exit_code == 1 and len(calls) == 2  # the worker stopped at the crash
+    crashed = studies(tmp_path)["dropout"].get_trials()
+    assert [t.state.name for t in crashed] == ["FAIL", "WAITING"] and crashed[0].system_attrs["regbench_requeued"]
+    monkeypatch.setattr(runner, "run", real_run)
+    assert tune_main(tune_args("tune.trials=2")) == 0
+    for regimen, study in studies(tmp_path).items():
+        states = [t.state.name for t in study.get_trials()]
+        assert states.count("COMPLETE") == 2, (regimen, states)  # exactly the budget, the crash not counted
+    again = studies(tmp_path)["dropout"].get_trials()
+    assert again[1].params == crashed[0].params  # the crashed point ran again
+    rows = (tmp_path / "tune" / "trials.csv").read_text()
+    assert ",requeued," in rows
+
+
 def test_a_pruned_run_is_recorded_as_pruned_and_never_tested(small_cfg, tmp_path):
     cfg = small_cfg("movielens", "trainer.max_epochs=3")
     seen = []
