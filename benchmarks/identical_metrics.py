@@ -2,7 +2,7 @@
 checkout's, in one process, on the real data: the metrics (train/val/test, best and run epochs, costs,
 gradient summary, status, every history.csv column but the times) must be bit-identical.
 
-    REGBENCH_DATA=../shared/data python benchmarks/identical_metrics.py --rev <git revision>
+    REGBENCH_DATA=../shared/data python benchmarks/identical_metrics.py --rev <git revision> [--only TEXT ...]
 
 The configs come from this checkout (an earlier package ignores keys it does not know). Prints one line
 per setup: IDENTICAL or DIFFERENT, with the test metric and validation loss of each side.
@@ -31,6 +31,14 @@ SETUPS = {
     "cifar10 cnn13 w0.25 bn_dropout, adam, 2,500 images, 3 epochs":
         ["model.width=0.25", "regularizer=bn_dropout", "data.limit_train=2500", "data.limit_eval=1000",
          "trainer.max_epochs=3", "optimizer=adam"],
+    "cifar10 cnn13 w0.25 mixup+cutmix, EMA, label smoothing, AGC, adam, 1,000 images, 2 epochs":
+        ["model.width=0.25", "regularizer=mixup", "regularizer.ema.decay=0.99", "regularizer.label_smoothing=0.1",
+         "regularizer.grad_clip.mode=agc", "regularizer.grad_clip.max=0.05", "data.limit_train=1000",
+         "data.limit_eval=500", "trainer.max_epochs=2", "optimizer=adam"],
+    "cifar10 cnn13 w0.25 mixup, value clipping, adam, 1,000 images, 2 epochs":
+        ["model.width=0.25", "regularizer=bn_dropout", "regularizer.mixup.alpha=0.4", "regularizer.grad_clip.mode=value",
+         "regularizer.grad_clip.max=0.01", "data.limit_train=1000", "data.limit_eval=500", "trainer.max_epochs=2",
+         "optimizer=adam"],
     "movielens two_tower bn_dropout, 3 epochs": ["task=movielens", "regularizer=bn_dropout", "trainer.max_epochs=3"],
     "movielens mf bpr dropout, 3 epochs":
         ["task=movielens", "model=mf", "regularizer=dropout", "trainer.max_epochs=3", "optimizer=adam"],
@@ -61,6 +69,8 @@ def for_package(cfg: DictConfig, package: str) -> DictConfig:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rev", required=True)
+    parser.add_argument("--only", nargs="+", default=[], metavar="TEXT",
+                        help="run only the setups whose name contains one of these texts")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides added to every setup")
     opts = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
@@ -68,6 +78,8 @@ def main() -> None:
     sys.path.insert(0, str(tmp))
     data = os.environ.get("REGBENCH_DATA", "../shared/data")
     for name, overrides in SETUPS.items():
+        if opts.only and not any(text in name for text in opts.only):
+            continue
         with initialize_config_module(config_module="regbench.conf", version_base="1.3"):
             cfg = compose("config", overrides=[*overrides, "trainer.progress=false", "trainer.device=cpu",
                                                  "trainer.resume=false", f"paths.output_dir={tmp}/out",

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from regbench import code_identity
 from regbench.errors import RegbenchError
 from regbench.fileio import write_atomic, write_json_atomic, write_text_atomic
 from regbench.loop import EarlyStopping, FitState, Training
@@ -40,8 +41,8 @@ CARRIED = ("best_epoch", "val", "epochs_run", "train_time_s", "eval_time_s")
 
 # -- identity -------------------------------------------------------------------------------------
 def identity(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved configuration minus the cosmetic keys (the seed and the data folder stay): what makes
-    two runs the same run."""
+    """The resolved configuration minus the cosmetic keys (the seed and the data folder stay), plus the hash
+    of every user source file a `_target_` loads (regbench.code_identity): what makes two runs the same run."""
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
     for key in COSMETIC_KEYS:
@@ -53,6 +54,9 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
             node.pop(leaf, None)
     for key, off in ADDED_KEYS.items():
         _drop_at(container, key.split("."), off)
+    code = code_identity.identity_part(code_identity.user_code(cfg))
+    if code:  # a user's model, task, optimizer or regularizer: its source is part of the run
+        container["code"] = code
     return container
 
 
@@ -233,7 +237,7 @@ def save_last(run_dir: Path, cfg: DictConfig, rid: str, t: Training, state: FitS
                   "best_value": state.early.best, "best_state": state.best_state,
                   "bad_epochs": state.early.bad_epochs, "rng": rng_state(t.generator), "history": state.history,
                   "record": record, "config": OmegaConf.to_container(cfg, resolve=True),
-                  "ema": t.ema.state_dict() if t.ema is not None else None}
+                  **t.hooks.state_dict()}  # "ema" and "extras": the regularizer hooks' states
     write_atomic(Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT, lambda fh: torch.save(checkpoint, fh))
 
 
@@ -261,8 +265,7 @@ def resume(path: Path, rid: str, t: Training, early: EarlyStopping) -> FitState:
     t.model.load_state_dict(saved["model"])
     t.optimizer.load_state_dict(saved["optimizer"])
     t.scheduler.load_state_dict(saved["scheduler"])
-    if t.ema is not None:
-        t.ema.load_state_dict(saved["ema"])
+    t.hooks.load_state_dict(saved)
     restore_rng(saved["rng"], t.generator)
     early.best, early.bad_epochs = saved["best_value"], saved["bad_epochs"]
     record = saved["record"]

@@ -47,6 +47,7 @@ class GradientMonitor:
 
     def __init__(self, model: nn.Module, device: torch.device, thresholds: Thresholds, per_layer: bool = True):
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self._last_norm = torch.zeros((), device=device)
         self.layers = layer_names(model) if per_layer else []
         self.per_layer = per_layer
         self.thresholds = thresholds
@@ -81,7 +82,12 @@ class GradientMonitor:
             self._layer_sum += layer_norms
             torch.maximum(self._layer_max, layer_norms, out=self._layer_max)
         self.steps += 1
+        self._last_norm = total
         return total
+
+    def last_norm(self) -> Tensor:
+        """The global L2 norm the last observe() measured (what gradient clipping by norm scales with)."""
+        return self._last_norm
 
     def epoch_summary(self) -> dict[str, float]:
         """history.csv columns for the epoch just trained (one host read of everything)."""

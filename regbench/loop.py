@@ -20,9 +20,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from regbench import distributed
-from regbench.ema import WeightAverage
 from regbench.errors import ConfigError
 from regbench.gradients import GradientMonitor, Thresholds
+from regbench.hooks import Hooks
 from regbench.optim import DecoupledWeightDecay, build_optimizer, build_scheduler
 from regbench.record import flatten
 from regbench.regimen import Regimen
@@ -60,14 +60,17 @@ def evaluate(task: Task, model: nn.Module, split: str) -> dict[str, Any]:
         return task.evaluate(model, split)
 
 
-def build(cfg: DictConfig, device: torch.device) -> tuple[Task, Regimen, nn.Module, torch.Generator]:
+def build(cfg: DictConfig, device: torch.device, regimen: Regimen | None = None
+          ) -> tuple[Task, Regimen, nn.Module, torch.Generator]:
     """The task (its data on `device`), the regimen, the model built for both, and the seeded generator
-    that draws data order, augmentation and negatives: what a run trains, from a validated config."""
+    that draws data order, augmentation and negatives: what a run trains, from a validated config.
+    `regimen`: the one validation resolved (else resolved here); the task and the model get this object."""
     generator = seed_everything(cfg.seed, device)
+    regimen = regimen if regimen is not None else Regimen.from_config(cfg)
     task = build_task(cfg, device)
+    task.regimen = regimen  # one Regimen per run: the task's parts (label smoothing) read this one
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = task.fixed_input_shapes
-    regimen = Regimen.from_config(cfg)
     torch.manual_seed(cfg.seed)  # model init does not depend on how much randomness data loading used
     model = task.build_model(regimen).to(device)
     regimen.check_placed()
@@ -95,20 +98,23 @@ class Training:
     show_progress: bool = False
     compiling: bool = False              # the next step compiles (trainer.compile): timed apart
     compile_time_s: float | None = None
-    ema: WeightAverage | None = None     # regularizer.ema.decay > 0: what validation and test use
+    hooks: Hooks = field(default_factory=lambda: Hooks([], []))  # the regularizers' parts in the step
 
     @property
     def eval_model(self) -> nn.Module:
-        """The weights validation, test and the best checkpoint use: the EMA when there is one."""
-        return self.ema.module if self.ema is not None else self.model
+        """The weights validation, test and the best checkpoint use: the EMA's (or an extra's) when there is one."""
+        return self.hooks.eval_model(self.model)
 
 
 def prepare(cfg: DictConfig, task: Task, model: nn.Module, regimen: Regimen, generator: torch.Generator, *,
-            ranks: distributed.Ranks = distributed.SINGLE) -> Training:
-    """Optimizer, schedule, gradient monitor and the training step for `model` on `task`."""
+            ranks: distributed.Ranks = distributed.SINGLE, extras: list[Any] | None = None,
+            optimizer: tuple[torch.optim.Optimizer, DecoupledWeightDecay | None] | None = None) -> Training:
+    """Optimizer, schedule, gradient monitor, the regularizer hooks and the training step for `model` on
+    `task`. `extras` (the regularizer.extra objects) and `optimizer` (build_optimizer's pair): when already
+    built, else built here."""
     tcfg = cfg.trainer
     device = task.device
-    optimizer, decoupled_wd = build_optimizer(cfg, model, regimen)
+    optimizer, decoupled_wd = optimizer if optimizer is not None else build_optimizer(cfg, model, regimen)
     steps_per_epoch = task.num_train_batches()
     gcfg = tcfg.gradients
     monitor = GradientMonitor(model, device, Thresholds(float(gcfg.vanishing_below), float(gcfg.exploding_above)),
@@ -123,13 +129,15 @@ def prepare(cfg: DictConfig, task: Task, model: nn.Module, regimen: Regimen, gen
     if compiling:  # the whole step (forward and loss), as tasks call model methods besides forward;
         step = torch.compile(step)  # evaluation stays eager, on the same parameters
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(tcfg.precision, device))
+    hooks = Hooks.build(cfg, regimen, monitor.params, monitor.last_norm, device, extras)
+    hooks.start(model, task)
     return Training(task=task, model=model, regimen=regimen, optimizer=optimizer, decoupled_wd=decoupled_wd,
                     scheduler=build_scheduler(cfg, optimizer, steps_per_epoch, steps_per_epoch * tcfg.max_epochs),
                     autocast=autocast, generator=generator, device=device, steps_per_epoch=steps_per_epoch,
                     max_epochs=int(tcfg.max_epochs), gradients=monitor,
                     step=distributed.wrap(task, model, device) if ranks.active else step, ranks=ranks,
                     show_progress=bool(tcfg.progress) and sys.stderr.isatty() and ranks.is_main,
-                    compiling=compiling, ema=WeightAverage(model, regimen.ema_decay) if regimen.ema_decay > 0 else None)
+                    compiling=compiling, hooks=hooks)
 
 
 @dataclass
@@ -144,19 +152,18 @@ class EpochResult:
 def train_epoch(t: Training, epoch: int, should_stop: Callable[[], bool] = lambda: False) -> EpochResult:
     """One pass over the training batches. Statistics stay on the device until the epoch ends.
     `should_stop` is asked before every step (a signal arrived): the epoch is then abandoned."""
-    model, optimizer, ranks = t.model, t.optimizer, t.ranks
-    params = t.gradients.params
-    l1_weights = [p for p in params if p.ndim > 1]  # weights, not biases or norm scales
+    model, optimizer, ranks, hooks = t.model, t.optimizer, t.ranks, t.hooks
     model.train()
     sums: dict[str, torch.Tensor] = {}
     t.gradients.start_epoch(t.steps_per_epoch)
-    clipped = torch.zeros((), device=t.device)
+    hooks.start_epoch()
     diverged = False
     t0 = time.perf_counter()
     batches = tqdm(t.task.train_batches(t.generator), total=t.steps_per_epoch, disable=not t.show_progress,
                    desc=f"epoch {epoch}/{t.max_epochs}", leave=False, dynamic_ncols=True)
     step = -1
     for step, batch in enumerate(batches):
+        batch = hooks.transform_batch(batch, t.generator)  # before torchrun shares it: mixed pairs stay together
         # Ranks must leave the loop at the same step, so under torchrun they agree every few steps.
         stop = (should_stop() if not ranks.active else
                 step % NONFINITE_CHECK_EVERY == 0 and distributed.any_rank(should_stop(), ranks, t.device))
@@ -176,15 +183,15 @@ def train_epoch(t: Training, epoch: int, should_stop: Callable[[], bool] = lambd
             loss, stats = t.step(batch)
         if ranks.active:
             loss = loss * scale  # DDP averages gradients over ranks: this makes it the whole batch's mean
-        objective = loss + t.regimen.l1_penalty(l1_weights) if t.regimen.l1 > 0 else loss
+        objective = hooks.objective(loss, model)  # plus L1 and the extras' penalties
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
-        clipped += t.regimen.clip(params, t.gradients.observe())
+        t.gradients.observe()  # the gradients as backward left them, before any hook changes them
+        hooks.after_backward(model)  # clipping, the extras'
         if t.decoupled_wd is not None:
             t.decoupled_wd.apply()
         optimizer.step()
-        if t.ema is not None:
-            t.ema.update()
+        hooks.after_step(model)  # the EMA, the extras'
         t.scheduler.step()
         if compile_started is not None:  # torch.compile compiled forward and backward in this step
             if t.device.type == "cuda":
@@ -206,7 +213,8 @@ def train_epoch(t: Training, epoch: int, should_stop: Callable[[], bool] = lambd
     sums = distributed.sum_over_ranks(sums, ranks)
     metrics = t.task.train_metrics({k: float(v) for k, v in sums.items()})
     gradient_stats = t.gradients.epoch_summary()
-    gradient_stats["clip_rate"] = float(clipped) / max(steps_done, 1)
+    clipped = hooks.clip_steps()
+    gradient_stats["clip_rate"] = (float(clipped) if clipped is not None else 0.0) / max(steps_done, 1)
     return EpochResult(metrics=metrics, seconds=seconds, diverged=diverged or not math.isfinite(metrics["loss"]),
                        interrupted=False, gradient_stats=gradient_stats)
 

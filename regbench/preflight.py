@@ -139,16 +139,22 @@ def config_groups() -> set[str]:
 
 # Where a user's own code reads the keys: with model=custom every model.* key goes to the factory, with
 # task=custom every data.* key is the task's. They may be new, and need no +.
-OPEN_KEYS = {"model=custom": "model.", "task=custom": "data."}
+OPEN_KEYS = {"model=custom": "model.", "task=custom": "data.", "optimizer=custom": "optimizer.params."}
 
 
 def open_prefixes(args: Sequence[str]) -> tuple[str, ...]:
-    return tuple(prefix for choice, prefix in OPEN_KEYS.items() if choice in args)
+    """Where a user's own code reads keys regbench cannot know: model.* of model=custom, data.* of task=custom,
+    optimizer.params.* of an optimizer named by _target_."""
+    found = tuple(prefix for choice, prefix in OPEN_KEYS.items() if choice in args)
+    if any(a.lstrip("+").startswith("optimizer._target_=") for a in args) and "optimizer.params." not in found:
+        found += ("optimizer.params.",)
+    return found
 
 
 def allow_new_keys(args: list[str]) -> list[str]:
-    """With model=custom (task=custom), `model.width=32` (`data.n=100`) needs no +: it becomes ++model.width=32,
-    which Hydra takes for a new key or for an existing one."""
+    """With model=custom (task=custom, an optimizer._target_), `model.width=32` (`data.n=100`,
+    `optimizer.params.rho=0.9`) needs no +: it becomes ++model.width=32, which Hydra takes for a new key or
+    for an existing one."""
     prefixes = open_prefixes(args)
     fixed = ("model.name=", "model._target_=", "task.")
     return [f"++{a}" if prefixes and a.startswith(prefixes) and not a.startswith(fixed) and "=" in a else a

@@ -10,6 +10,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from regbench import checkpoints, complexity, distributed, gradients, loop, tracking
+from regbench import checkpoints, code_identity, complexity, distributed, gradients, loop, tracking
 from regbench.compression import compression_results
+from regbench.optim import build_optimizer, optimizer_name
 from regbench.provenance import git_state, host, versions
 from regbench.errors import RegbenchError
+from regbench.hooks import build_extras
 from regbench.launchers import available_cpus
 from regbench.machine_load import LoadWatch
 from regbench.record import TEST_OUTPUTS_FILE, RecordWriter, RunRecord, Status, read_history, write_test_outputs
@@ -46,6 +49,19 @@ class RunInterrupted(Exception):
         self.handoff = handoff
 
 
+@dataclass
+class Built:
+    """What a run trains, built before its record says `running` (a bad extra is refused with no record)."""
+
+    task: Any
+    regimen: Regimen
+    model: torch.nn.Module
+    generator: torch.Generator
+    device: torch.device
+    extras: list[Any]  # the regularizer.extra objects (regbench.hooks)
+    optimizer: tuple[Any, Any] | None  # optim.build_optimizer's pair; None for a model with nothing to train
+
+
 class Run(loop.FitHooks):
     """One training run: build everything from the config, train, evaluate, write the record."""
 
@@ -64,7 +80,7 @@ class Run(loop.FitHooks):
         self.writer = RecordWriter(self.run_dir, owner=self.ranks.is_main)
         commit, dirty = git_state()
         self.record = RunRecord(
-            task=cfg.task.name, model=cfg.model.name, regularizer=cfg.regularizer.name, optimizer=cfg.optimizer.name,
+            task=cfg.task.name, model=cfg.model.name, regularizer=cfg.regularizer.name, optimizer=optimizer_name(cfg),
             schedule=cfg.schedule.name, seed=int(cfg.seed), versions=versions(), git_commit=commit, git_dirty=dirty,
             host=host(), started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             overrides=overrides or {})
@@ -96,6 +112,7 @@ class Run(loop.FitHooks):
         main = self.ranks.is_main
         rid = self.record.run_id = checkpoints.run_id(self.cfg, self.ranks.world)
         self.record.config = checkpoints.identity(self.cfg)
+        self.record.code = code_identity.user_code(self.cfg)
         earlier = None
         if self.cfg.trainer.resume:
             earlier = checkpoints.find_earlier(self.cfg, rid, self.run_dir) if main else None
@@ -107,8 +124,7 @@ class Run(loop.FitHooks):
         # A run that cannot start (a bad value, missing data, no GPU) leaves no record: it never ran. An
         # unexpected error while building is a crash, recorded as failed like any other.
         try:
-            validate(self.cfg, machine=True)
-            built = self._build()
+            built = self._build(validate(self.cfg, machine=True))
         except RegbenchError:
             raise
         except BaseException as err:
@@ -120,7 +136,7 @@ class Run(loop.FitHooks):
         self.writer.write(self.record)  # status "running": a killed run is visible to compare and findable
         try:
             with self._stop_on_signals():
-                self._train(*built, earlier.checkpoint if earlier is not None else None)
+                self._train(built, earlier.checkpoint if earlier is not None else None)
         except BaseException as err:  # record every way a run can end, then let the caller decide
             self._record_failure(err)
             raise
@@ -222,8 +238,9 @@ class Run(loop.FitHooks):
                             state.history[-1])
 
     # -- the run -------------------------------------------------------------------------------------
-    def _build(self) -> tuple:
-        """Device, threads, the task's data, the regimen and the model, with their facts in the record."""
+    def _build(self, regimen: Regimen) -> Built:
+        """Device, threads, the task's data, the model for the validated `regimen` and the regularizer.extra
+        objects, with their facts in the record."""
         cfg, record = self.cfg, self.record
         if self.threads:
             torch.set_num_threads(int(self.threads))
@@ -233,7 +250,7 @@ class Run(loop.FitHooks):
         record.device = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
         record.precision = "bf16" if loop.uses_bf16(cfg.trainer.precision, device) else "fp32"
         complexity.reset_peak_memory(device)
-        task, regimen, model, generator = loop.build(cfg, device)
+        task, regimen, model, generator = loop.build(cfg, device, regimen)
         record.primary_metric, record.higher_is_better = task.primary_metric, task.higher_is_better
         record.losses, record.data = task.loss_names(), task.data_summary()
         if self.ranks.active:
@@ -241,15 +258,17 @@ class Run(loop.FitHooks):
             torch.manual_seed(cfg.seed + self.ranks.rank)  # dropout masks differ per rank; DDP copies rank 0's weights
         for key, value in complexity.model_costs(model, task.example_input()).items():
             setattr(record, key, value)
-        return task, regimen, model, generator, device
+        trains = any(p.requires_grad for p in model.parameters())  # the popularity baseline has nothing to train
+        return Built(task, regimen, model, generator, device, build_extras(cfg),
+                     build_optimizer(cfg, model, regimen) if trains else None)
 
-    def _train(self, task, regimen: Regimen, model, generator: torch.Generator, device: torch.device,
-               resume_from: Path | None) -> None:
+    def _train(self, built: Built, resume_from: Path | None) -> None:
         cfg, record = self.cfg, self.record
+        task, model, device = built.task, built.model, built.device
         log.info("training %s %s with regularizer=%s on %s for up to %d epochs; record in %s", cfg.task.name,
                  cfg.model.name, cfg.regularizer.name, record.device, cfg.trainer.max_epochs, self.run_dir)
-        if any(p.requires_grad for p in model.parameters()):
-            best_state = self._fit(task, model, regimen, generator, resume_from)
+        if built.optimizer is not None:
+            best_state = self._fit(built, resume_from)
         else:  # nothing to train (the popularity baseline): score it as it is
             t1 = time.perf_counter()
             record.val = loop.evaluate(task, model, "val")
@@ -299,12 +318,12 @@ class Run(loop.FitHooks):
             return
         write_test_outputs(self.run_dir, outputs)
 
-    def _fit(self, task, model, regimen: Regimen, generator: torch.Generator,
-             resume_from: Path | None) -> dict[str, torch.Tensor] | None:
+    def _fit(self, built: Built, resume_from: Path | None) -> dict[str, torch.Tensor] | None:
         """Train with validation after every epoch (resuming from `resume_from` when given); returns the
         best-validation weights."""
-        cfg, record = self.cfg, self.record
-        self.training = training = loop.prepare(cfg, task, model, regimen, generator, ranks=self.ranks)
+        cfg, record, task = self.cfg, self.record, built.task
+        self.training = training = loop.prepare(cfg, task, built.model, built.regimen, built.generator,
+                                                ranks=self.ranks, extras=built.extras, optimizer=built.optimizer)
         early = loop.EarlyStopping(int(cfg.trainer.early_stopping.patience), task.higher_is_better)
         state = loop.FitState(early=early)
         if resume_from is not None:

@@ -207,7 +207,9 @@ def plans(run_overrides: list[str], tune: DictConfig, machine: bool = True) -> l
 
 
 def study_name(tune: DictConfig, cfg: DictConfig) -> str:
-    return str(tune.study or f"{cfg.task.name}-{cfg.model.name}-{cfg.optimizer.name}")
+    from regbench.optim import optimizer_name
+
+    return str(tune.study or f"{cfg.task.name}-{cfg.model.name}-{optimizer_name(cfg)}")
 
 
 def tune_dir(tune: DictConfig, cfg: DictConfig) -> Path:

@@ -11,7 +11,8 @@ from omegaconf import DictConfig
 from regbench import checks, tracking
 from regbench.errors import ConfigError
 from regbench.models import RESIDUAL_MODELS, is_custom, model_factory, model_target, model_validator
-from regbench.optim import OPTIMIZERS, SCHEDULES
+from regbench.hooks import extra_factories
+from regbench.optim import OPTIMIZERS, SCHEDULES, optimizer_class
 from regbench.regimen import Regimen
 from regbench.tasks import task_class
 
@@ -25,7 +26,9 @@ def validate(cfg: DictConfig, machine: bool = True) -> Regimen:
     checks.number(cfg, "seed", low=0, integer=True)
     regimen = Regimen.from_config(cfg)
 
-    checks.choice(cfg, "optimizer.name", tuple(OPTIMIZERS))
+    if optimizer_class(cfg) is None:  # optimizer._target_, when set, is imported here
+        checks.choice(cfg, "optimizer.name", tuple(OPTIMIZERS))
+    extra_factories(cfg)  # regularizer.extra: each entry has a _target_ that imports
     checks.number(cfg, "optimizer.lr", low=0, low_open=True)
     checks.choice(cfg, "schedule.name", SCHEDULES)
     checks.number(cfg, "schedule.warmup_epochs", low=0)

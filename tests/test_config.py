@@ -37,7 +37,8 @@ def test_every_option_composes_and_validates(compose_cfg, group, option, monkeyp
     extra = {("task", "conll"): ["data.dir=/any/corpus"], ("task", "imagefolder"): ["data.dir=/any/images"],
              ("task", "custom"): ["task._target_=my_task.SineRegression", "model=custom",
                                    "model._target_=my_task.build_mlp"],
-             ("model", "custom"): ["model._target_=my_model.build"]}.get((group, option), [])
+             ("model", "custom"): ["model._target_=my_model.build"],
+             ("optimizer", "custom"): ["optimizer._target_=my_optim.Lion"]}.get((group, option), [])
     if group == "model" and option in TASK_OF_MODEL:
         extra.append(TASK_OF_MODEL[option])
     cfg = compose_cfg(f"{group}={option}", *extra)

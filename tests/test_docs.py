@@ -63,7 +63,7 @@ def test_every_command_in_the_guide_is_valid(page, command, folder, monkeypatch)
     guide says how (`cd examples`, PYTHONPATH=examples); until 2026-12-05 README's tour line was not."""
     monkeypatch.chdir(ROOT / (folder or "."))
     monkeypatch.syspath_prepend(str(ROOT / (folder or ".")))  # what cli.main adds: the folder it runs from
-    for name in ("my_model", "my_task"):
+    for name in ("my_model", "my_task", "my_regularizer", "my_optim"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     args = shlex.split(command)[1:]
     if args and args[0] == "tune":

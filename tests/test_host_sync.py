@@ -155,6 +155,18 @@ def test_cifar10_steps_never_wait_for_the_host(compose_cfg, tiny_data_dir, tmp_p
     assert_no_per_step_sync(cfg, tmp_path, 2)
 
 
+def test_steps_with_a_regularizer_of_the_users_own_never_wait_for_the_host(compose_cfg, tiny_data_dir, tmp_path,
+                                                                          monkeypatch):
+    """The hook machinery itself adds no host read: two extras (a penalty, an after-step with a state of its
+    own) beside the built-in hooks (clipping, L1, EMA)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    extra = ("regularizer.extra=[{_target_:my_regularizer.Orthogonality,weight:0.001},"
+             "{_target_:my_regularizer.WeightNoise,std:0.001}]")
+    cfg = compose_cfg(*tiny_overrides(tiny_data_dir, tmp_path / "cache", "regularizer=bn_dropout_gc", extra,
+                                      "penalty.l1=0.0001", "regularizer.ema.decay=0.9", "trainer.batch_size=8"))
+    assert_no_per_step_sync(cfg, tmp_path, 2)
+
+
 @pytest.mark.parametrize("char", ["cnn", "lstm"])
 def test_tagging_steps_never_wait_for_the_host(compose_cfg, tiny_corpus_dir, tmp_path, char):
     cfg = compose_cfg("task=conll", f"data.dir={tiny_corpus_dir}", "regularizer=bn_dropout_gc", f"model.char={char}",

@@ -3,6 +3,7 @@ are shared out between runs that run at once, and a real parallel grid lands eve
 model of the user's own that lives only in the folder the command starts from."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -85,3 +86,18 @@ def test_parallel_workers_find_a_model_in_the_working_folder(tiny_data_dir, tmp_
     records = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(2)]
     assert [(r["model"], r["regularizer"], r["status"]) for r in records] == \
         [("my_model.build", "none", "completed"), ("my_model.build", "bn", "completed")]
+    # The model's source is part of each run's identity, hashed in each joblib worker: unchanged code is
+    # reused, edited code trains anew.
+    digest = hashlib.sha256((tmp_path / "my_model.py").read_bytes()).hexdigest()
+    assert all(r["code"] == [{"key": "model._target_", "target": "my_model.build",
+                              "path": str(tmp_path / "my_model.py"), "sha256": digest}] for r in records)
+    again = subprocess.run([sys.executable, "-m", "regbench", *args], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stderr.count("reusing its record") == 2, again.stderr[-3000:]
+    with open(tmp_path / "my_model.py", "a", encoding="utf-8") as fh:
+        fh.write("\n# an edit\n")
+    edited = subprocess.run([sys.executable, "-m", "regbench", *args], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert edited.returncode == 0 and "reusing its record" not in edited.stderr, edited.stderr[-3000:]
+    retrained = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(2)]
+    assert all(r["reused_from"] is None and r["code"][0]["sha256"] != digest for r in retrained)

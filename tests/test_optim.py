@@ -125,3 +125,107 @@ def test_no_clipping_leaves_gradients_alone(compose_cfg):
     before = [p.grad.clone() for p in params]
     fired = clipping(compose_cfg, "none", 0.01).clip(params, _global_norm(params))
     assert not bool(fired) and all(torch.equal(a, p.grad) for a, p in zip(before, params))
+
+
+# -- your own optimizer: optimizer._target_ ---------------------------------------------------------------
+SIGN_SGD = '''
+import torch
+
+
+class SignSGD(torch.optim.Optimizer):
+    """w <- w - lr * sign(grad + wd * w): an optimizer of the user's own."""
+
+    def __init__(self, params, lr=0.01, weight_decay=0.0):
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(torch.sign(p.grad + group["weight_decay"] * p), alpha=-group["lr"])
+
+
+def not_an_optimizer(params, lr, weight_decay=0.0):
+    return "adam"
+
+
+class Strict(torch.optim.SGD):
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+
+
+class Fails(torch.optim.SGD):
+    def __init__(self, params, lr, weight_decay=0.0, momentum=0.0, dampening=0.0):
+        raise RuntimeError("needs a GPU")
+'''
+
+
+@pytest.fixture
+def user_optim(tmp_path, monkeypatch):
+    (tmp_path / "user_optim.py").write_text(SIGN_SGD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import sys
+    sys.modules.pop("user_optim", None)
+
+
+def test_a_torch_optimizer_by_target_gets_the_regimens_decay_policy_params_and_schedule(compose_cfg, caplog):
+    from regbench.optim import optimizer_name
+
+    cfg = compose_cfg("optimizer._target_=torch.optim.Adadelta", "optimizer.lr=0.5", "optimizer.weight_decay=0.01",
+                      "optimizer.decay_norm_and_bias=false", "+optimizer.params.rho=0.8", "schedule=cosine")
+    model = quadratic_model()
+    with caplog.at_level("WARNING", logger="regbench.optim"):
+        optimizer, decoupled = build_optimizer(cfg, model, Regimen.from_config(cfg))
+    assert "optimizer.params momentum, dampening: not arguments of torch.optim.Adadelta, left out" in caplog.text
+    assert isinstance(optimizer, torch.optim.Adadelta) and decoupled is None and optimizer_name(cfg) == "adadelta"
+    decayed, exempt = optimizer.param_groups
+    assert (decayed["lr"], decayed["rho"], decayed["weight_decay"], exempt["weight_decay"]) == (0.5, 0.8, 0.01, 0.0)
+    assert all(p.ndim == 1 for p in exempt["params"])  # biases: no decay, as for the built-in optimizers
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch=10, total_steps=100)
+    before = loss_of(model).item()
+    for _ in range(50):
+        optimizer.zero_grad()
+        loss_of(model).backward()
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] < 0.5 and loss_of(model).item() < before
+
+    cfg = compose_cfg("optimizer._target_=torch.optim.Adadelta", "optimizer.weight_decay=0.5",
+                      "optimizer.decoupled_weight_decay=true", "optimizer.lr=0.1")
+    optimizer, decoupled = build_optimizer(cfg, quadratic_model(), Regimen.from_config(cfg))
+    assert decoupled is not None and optimizer.param_groups[0]["weight_decay"] == 0  # w -= lr * wd * w instead
+
+
+def test_an_optimizer_of_the_users_own_trains_a_run_under_its_own_name(small_cfg, user_optim, tmp_path):
+    from regbench import runner
+
+    record = runner.run(small_cfg("cifar10", "optimizer=custom", "optimizer._target_=user_optim.SignSGD",
+                                  "optimizer.lr=0.001", "trainer.max_epochs=2"), tmp_path / "run")
+    assert record["status"] == "completed" and record["optimizer"] == "signsgd"
+    assert record["config"]["optimizer"]["_target_"] == "user_optim.SignSGD"
+    assert [c["target"] for c in record["code"]] == ["user_optim.SignSGD"]
+    named = runner.run(small_cfg("cifar10", "optimizer=custom", "optimizer._target_=user_optim.SignSGD",
+                                 "optimizer.name=sign", "optimizer.lr=0.001"), tmp_path / "named")
+    assert named["optimizer"] == "sign"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["optimizer=custom"], r"optimizer=custom needs optimizer._target_=PACKAGE.MODULE.CLASS"),
+    (["optimizer._target_=user_optim.not_an_optimizer"],
+     r"optimizer._target_=user_optim.not_an_optimizer returned a str, not a torch.optim.Optimizer"),
+    (["optimizer._target_=user_optim.Fails"],
+     r"optimizer._target_=user_optim.Fails failed: RuntimeError: needs a GPU \(regbench called it with the parameter "
+     r"groups, lr=0.05, weight_decay=0.0005, momentum=0.9, dampening=0.0\)"),
+    (["optimizer._target_=user_optim.Strict"], r"optimizer._target_=user_optim.Strict takes no weight_decay argument, "
+                                               r"and optimizer.weight_decay=0.0005 asks for coupled decay"),
+    (["optimizer._target_=user_optim.Nowhere"], r"optimizer._target_=user_optim.Nowhere: user_optim has no 'Nowhere'"),
+])
+def test_a_bad_optimizer_target_is_one_line_before_anything_trains(small_cfg, user_optim, tmp_path, overrides,
+                                                                   message):
+    from regbench import runner
+    from regbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        runner.run(small_cfg("cifar10", *overrides), tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -68,6 +68,28 @@ def test_the_example_task_runs_through_the_command(tmp_path, cli_env):
     assert history["val_rmse"].iloc[-1] < history["val_rmse"].iloc[0]
 
 
+@pytest.mark.integration
+def test_the_example_regularizer_runs_through_the_command_and_is_compared_with_bn_dropout(tiny_data_dir, tmp_path,
+                                                                                         cli_env):
+    """docs/own-model.md's command: an orthogonality penalty of the user's own beside bn_dropout, named by
+    regularizer.name, in one sweep, and compare ranks the two."""
+    sweep = tmp_path / "sweep"
+    ortho = "[{_target_:my_regularizer.Orthogonality,weight:0.001}]"
+    common = [*tiny_overrides(tiny_data_dir, tmp_path / "cache", "trainer.max_epochs=2"), "regularizer=bn_dropout"]
+    plain = regbench([*common, f"hydra.run.dir={sweep / 'plain'}"], cli_env, tmp_path)
+    mine = regbench([*common, f"regularizer.extra={ortho}", "regularizer.name=bn_dropout_ortho",
+                     f"hydra.run.dir={sweep / 'ortho'}"], cli_env, tmp_path)
+    assert plain.returncode == 0 and mine.returncode == 0, mine.stderr[-3000:]
+    record = json.loads((sweep / "ortho" / "metrics.json").read_text())
+    assert record["regularizer"] == "bn_dropout_ortho" and record["status"] == "completed"
+    assert record["config"]["regularizer"]["extra"] == [{"_target_": "my_regularizer.Orthogonality", "weight": 0.001}]
+    assert record["code"][0]["path"] == str(EXAMPLES / "my_regularizer.py")
+    assert record["val"] != json.loads((sweep / "plain" / "metrics.json").read_text())["val"]  # the penalty acted
+    compared = regbench(["compare", str(sweep), "--baseline", "regularizer=bn_dropout"], cli_env, tmp_path)
+    assert compared.returncode == 0, compared.stderr
+    assert "bn_dropout_ortho" in compared.stdout and "bn_dropout " in compared.stdout
+
+
 BROKEN = '''
 import torch
 from torch import nn

@@ -177,10 +177,15 @@ def test_mixup_and_cutmix_mix_what_they_say():
 def test_a_mixed_batch_weighs_both_labels_and_draws_from_the_run_generator(small_cfg):
     cfg = small_cfg("cifar10", "regularizer=mixup")
     task, regimen, model, generator = loop.build(cfg, torch.device("cpu"))
+    hooks = loop.prepare(cfg, task, model, regimen, generator).hooks  # mixing is the run's batch hook
+
+    def first_batch():
+        return hooks.transform_batch(next(iter(task.train_batches(generator))), generator)
+
     state = generator.get_state()
-    x, y, partner, lam = next(iter(task.train_batches(generator)))
+    x, y, partner, lam = first_batch()
     generator.set_state(state)
-    x2, _, _, lam2 = next(iter(task.train_batches(generator)))
+    x2, _, _, lam2 = first_batch()
     assert torch.equal(partner, y.flip(0))  # each image's partner is its mirror in the batch
     assert torch.equal(x, x2) and torch.equal(lam, lam2)  # nothing else drew: resume replays it exactly
     assert lam.shape == y.shape and (lam == lam[0]).all() and 0 <= lam[0] <= 1

@@ -7,6 +7,7 @@ Skipped when no cluster answers, unless REGBENCH_REQUIRE_SLURM=1 (.ci/run sets i
 one themselves with scripts/slurm_up.sh (root, Debian: apt-get, about 25 s) and stop it afterwards."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -187,6 +188,15 @@ def test_a_slurm_job_finds_a_model_in_the_folder_the_grid_was_started_from(tiny_
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((sweep / "0" / "metrics.json").read_text())
     assert (record["model"], record["regularizer"], record["status"]) == ("my_model.build", "bn_dropout", "completed")
+    # The job hashed the file it imported: an edit trains anew, in a job too.
+    assert record["code"][0]["sha256"] == hashlib.sha256((tmp_path / "my_model.py").read_bytes()).hexdigest()
+    with open(tmp_path / "my_model.py", "a", encoding="utf-8") as fh:
+        fh.write("\n# an edit\n")
+    edited = subprocess.run([sys.executable, "-m", "regbench", *command], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    retrained = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert retrained["reused_from"] is None and retrained["run_id"] != record["run_id"]
 
 
 def test_regbench_tune_runs_its_workers_and_final_runs_as_slurm_job_arrays(tiny_ml_dir, tmp_path, cli_env):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from regbench import checks, mixing
+from regbench import checks
 from regbench.calibration import CalibrationSums
 from regbench.errors import ConfigError
 from regbench.record import classification_outputs
@@ -163,12 +163,7 @@ class ImageClassificationTask(Task):
                 x = image_augment.cutout(self._normalise(x), aug.cutout, generator)
             else:
                 x = self._normalise(x)
-            if self.regimen.mixes:  # each row carries its partner's label and the weight of its own
-                x, lam = mixing.mix(x, self.regimen.mixup_alpha, self.regimen.cutmix_alpha, generator)
-                y = labels[idx]
-                yield x, y, y.flip(0), lam.expand(len(idx))  # row-wise, so torchrun's shares stay paired
-            else:
-                yield x, labels[idx]
+            yield x, labels[idx]  # mixup/CutMix, when on, mix it in the loop (regbench.hooks.Mixing)
 
     def training_step(self, model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, Tensor]]:
         x, y = batch[:2]
