@@ -26,6 +26,7 @@ class SineRegression(Task):
     higher_is_better = False
     models = ()                    # no built-in model fits these inputs ...
     accepts_custom_models = True   # ... a model of your own does (model=custom)
+    data_keys = ("n_train", "n_eval", "noise", "split_seed")  # the data.* keys it reads; others are refused
 
     @classmethod
     def validate_config(cls, cfg) -> None:

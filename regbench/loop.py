@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-from regbench import distributed
+from regbench import contract, distributed
 from regbench.errors import ConfigError
 from regbench.gradients import GradientMonitor, Thresholds
 from regbench.hooks import Hooks
@@ -57,7 +57,9 @@ def evaluate(task: Task, model: nn.Module, split: str) -> dict[str, Any]:
     (MovieLens top-K) and argmaxes, so a GPU run's metrics would not be comparable with a CPU run's."""
     model.eval()
     with torch.no_grad(), torch.autocast(task.device.type, enabled=False):
-        return task.evaluate(model, split)
+        result = task.evaluate(model, split)
+    contract.check_evaluate(task, split, result)  # "loss" and the primary metric, named if missing
+    return result
 
 
 def build(cfg: DictConfig, device: torch.device, regimen: Regimen | None = None
@@ -181,6 +183,8 @@ def train_epoch(t: Training, epoch: int, should_stop: Callable[[], bool] = lambd
         compile_started = time.perf_counter() if t.compiling else None
         with t.autocast:
             loss, stats = t.step(batch)
+        if step == 0:
+            contract.check_step(t.task, loss, stats)  # a scalar loss and "loss_sum": shapes and keys, no sync
         if ranks.active:
             loss = loss * scale  # DDP averages gradients over ranks: this makes it the whole batch's mean
         objective = hooks.objective(loss, model)  # plus L1 and the extras' penalties

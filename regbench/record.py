@@ -114,6 +114,8 @@ class RunRecord:
     git_dirty: bool | None = None
     # the user's source files that a _target_ loaded (regbench.code_identity): key, target, path, sha256
     code: list[dict[str, Any]] = field(default_factory=list)
+    # normalisation and dropout modules the model holds that the regimen did not place ({class: count})
+    model_own_regularization: dict[str, int] = field(default_factory=dict)
     host: str | None = None
     started_at: str | None = None
     finished_at: str | None = None

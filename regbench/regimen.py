@@ -42,6 +42,14 @@ NORM_NAMES = {"batch": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm"}
 AGC_EPS = 1e-3  # Brock et al. 2021: a unit's weight norm counts as at least this, so zero-initialised units can move
 
 
+def regularizer_presets() -> set[str]:
+    """The names of regbench's regularizer presets (conf/regularizer/*.yaml): none, bn, dropout, ..."""
+    from importlib.resources import files
+
+    return {f.name.removesuffix(".yaml") for f in files("regbench.conf").joinpath("regularizer").iterdir()
+            if f.name.endswith(".yaml")}
+
+
 def format_layers(layers: Any) -> str:
     """(1, 2, 3, 5) -> "1-3, 5"."""
     layers = sorted(set(layers))
@@ -126,6 +134,7 @@ class Placement:
         self.stochastic_depth = stochastic_depth
         self.placed_norm: set[int] = set()
         self.placed_dropout: set[int] = set()
+        self.built: list[nn.Module] = []  # every module this placement made: the model's other norms are its own
         self.asked_drop_path = False
 
     def has_norm(self, layer: int) -> bool:
@@ -142,6 +151,13 @@ class Placement:
         if not self.has_norm(layer):
             return nn.Identity()
         self.placed_norm.add(layer)
+        return self._keep(self._norm(layer, num_features, dims, batch_norm))
+
+    def _keep(self, module: nn.Module) -> nn.Module:
+        self.built.append(module)
+        return module
+
+    def _norm(self, layer: int, num_features: int, dims: int, batch_norm: type[nn.Module] | None) -> nn.Module:
         if self.norm_type == "group":
             if num_features % self.norm_groups:
                 raise ConfigError(f"regularizer.norm.groups={self.norm_groups} does not divide the {num_features} "
@@ -165,14 +181,14 @@ class Placement:
             return nn.Identity()
         from torchvision.ops import StochasticDepth  # the rows of a batch dropped independently, as timm's DropPath
 
-        return StochasticDepth(rate, mode="row")
+        return self._keep(StochasticDepth(rate, mode="row"))
 
     def dropout(self, layer: int) -> nn.Module:
         """Dropout after layer `layer`, or nn.Identity() where the layer is not selected."""
         if not self.has_dropout(layer):
             return nn.Identity()
         self.placed_dropout.add(layer)
-        return nn.Dropout(self.dropout_p)
+        return self._keep(nn.Dropout(self.dropout_p))
 
 
 NO_PLACEMENT = Placement(0, "none", (), 0.0, ())

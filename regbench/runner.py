@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from regbench import checkpoints, code_identity, complexity, distributed, gradients, loop, tracking
+from regbench import checkpoints, code_identity, complexity, contract, distributed, gradients, loop, tracking
+from regbench.calibration import calibration
 from regbench.compression import compression_results
 from regbench.optim import build_optimizer, optimizer_name
 from regbench.provenance import git_state, host, versions
@@ -28,7 +29,7 @@ from regbench.hooks import build_extras
 from regbench.launchers import available_cpus
 from regbench.machine_load import LoadWatch
 from regbench.record import TEST_OUTPUTS_FILE, RecordWriter, RunRecord, Status, read_history, write_test_outputs
-from regbench.regimen import Regimen
+from regbench.regimen import Regimen, regularizer_presets
 from regbench.validation import validate
 
 log = logging.getLogger(__name__)
@@ -258,6 +259,11 @@ class Run(loop.FitHooks):
             torch.manual_seed(cfg.seed + self.ranks.rank)  # dropout masks differ per rank; DDP copies rank 0's weights
         for key, value in complexity.model_costs(model, task.example_input()).items():
             setattr(record, key, value)
+        contract.check_model_output(task, model)
+        record.model_own_regularization = contract.check_own_regularization(cfg, model, regimen, regularizer_presets())
+        if contract.is_users_task(task):  # its evaluate() and test_outputs() before the first epoch, not after
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                contract.precheck_users_task(task, model, loop.evaluate)
         trains = any(p.requires_grad for p in model.parameters())  # the popularity baseline has nothing to train
         return Built(task, regimen, model, generator, device, build_extras(cfg),
                      build_optimizer(cfg, model, regimen) if trains else None)
@@ -281,6 +287,11 @@ class Run(loop.FitHooks):
             model.load_state_dict(best_state)
             t1 = time.perf_counter()
             record.test = loop.evaluate(task, model, "test")
+            outputs = task.test_outputs()
+            contract.check_test_outputs(task, outputs)
+            if outputs is not None and str(outputs.get("kind", "classification")) == "classification" \
+                    and "nll" not in record.test:  # calibration for every classifier, not only the built-in tasks
+                record.test.update(calibration(np.asarray(outputs["probs"]), np.asarray(outputs["labels"])))
             record.train = loop.evaluate(task, model, "train")
             record.eval_time_s = round(record.eval_time_s + time.perf_counter() - t1, 3)
             record.gap = record.train[task.primary_metric] - record.test[task.primary_metric]

@@ -54,6 +54,7 @@ def validate(cfg: DictConfig, machine: bool = True) -> Regimen:
         raise ConfigError(f"model={cfg.model.name} does not fit task={cfg.task.name}: use {' or '.join(fits)}")
     model_factory(cfg)  # importable, before anything reads the model's keys
     _check_task_regularizers(cfg, task, regimen)
+    _check_data_keys(cfg, task)
     task.validate_config(cfg)
     check_model = model_validator(cfg)
     if check_model is not None:
@@ -83,6 +84,29 @@ def _check_task_regularizers(cfg: DictConfig, task, regimen: Regimen) -> None:
         raise ConfigError(f"regularizer.stochastic_depth={regimen.stochastic_depth:g} drops residual blocks, and "
                           f"model={cfg.model.name} has none: use model=resnet18, a model of your own with residual "
                           "blocks, or regularizer.stochastic_depth=0")
+
+
+def _check_data_keys(cfg: DictConfig, task) -> None:
+    """A task of the user's own reads the data.* keys it declares (Task.data_keys); others are refused."""
+    if task.__module__.startswith("regbench."):
+        return  # a built-in task's data.* keys are those of its YAML: Hydra refuses any other
+    given = sorted(cfg.get("data") or {})
+    if not given:
+        return
+    target = cfg.task.get("_target_")
+    if task.data_keys is None:
+        raise ConfigError(f"task._target_={target} is given data.{', data.'.join(given)} but declares no data_keys: add "
+                          f"data_keys = {tuple(given)!r} (the keys it reads) to the class, so that a mistyped key is "
+                          "refused rather than ignored")
+    unread = [k for k in given if k not in task.data_keys]
+    if unread:
+        from difflib import get_close_matches
+
+        hint = get_close_matches(unread[0], task.data_keys, n=1)
+        mean = f" (did you mean data.{hint[0]}?)" if hint else ""
+        raise ConfigError(f"data.{unread[0]}: task._target_={target} reads no such key{mean}; it reads "
+                          f"{', '.join('data.' + k for k in task.data_keys) or 'no data.* key'} (Task.data_keys). "
+                          "regbench refuses keys that nothing would read rather than ignore them")
 
 
 def _check_device(cfg: DictConfig) -> None:

@@ -62,6 +62,9 @@ class Task(ABC):
     # A key of other tasks that this task spells another way (MovieLens limits its size by data.max_users,
     # not data.limit_train): what "did you mean" suggests when a user gives the other task's key here.
     equivalent_keys: ClassVar[dict[str, str]] = {}
+    # The data.* keys a task of the user's own reads (task=custom): any other data.* key is refused rather than
+    # ignored. A task that takes data.* keys must declare them (the built-in tasks' keys are their YAML's).
+    data_keys: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         self.cfg = cfg
