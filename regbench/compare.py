@@ -211,7 +211,25 @@ def label_keys(runs: pd.DataFrame) -> list[str]:
             if name in members and group != "task":
                 keys.append(group)
         keys += [c[len(CONFIG):] for c in members if c not in decided]
-    return keys
+    return _without_decided_code(keys, canon, task)
+
+
+def _without_decided_code(keys: list[str], canon: pd.DataFrame, task: pd.Series) -> list[str]:
+    """The `code.*` keys (hashes of a user's source files) only where they tell groups apart that the other
+    keys do not: a regularizer.extra entry that differs already names the other code."""
+    code = [k for k in keys if k.startswith("code.")]
+    others = [k for k in keys if not k.startswith("code.")]
+    if not code or others == ["task"] or not others:
+        return keys
+
+    def column(key: str) -> pd.Series:
+        if key == "task":
+            return task
+        return canon[f"{CONFIG}{key}.name"] if f"{CONFIG}{key}.name" in canon else canon[f"{CONFIG}{key}"]
+
+    parts = [column(k) for k in others]
+    needed = [k for k in code if canon.groupby(parts)[f"{CONFIG}{k}"].nunique().max() > 1]
+    return [k for k in keys if not k.startswith("code.") or k in needed]
 
 
 def _legacy_keys(runs: pd.DataFrame) -> list[str]:

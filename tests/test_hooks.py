@@ -202,3 +202,16 @@ def test_two_extras_that_choose_the_eval_weights_are_refused(small_cfg, user_hoo
     with pytest.raises(ConfigError, match=r"2 regularizers choose the weights that validation and test use "
                                           r"\(eval_model: ExponentialMovingAverage, FrozenCopy\)"):
         runner.run(cfg, tmp_path / "run")
+
+
+def test_an_extras_keys_label_its_group_in_compare(small_cfg, monkeypatch, tmp_path):
+    from regbench.compare import compare
+
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    runner.run(small_cfg("cifar10", "regularizer=bn_dropout"), tmp_path / "runs" / "plain")
+    runner.run(small_cfg("cifar10", "regularizer=bn_dropout",
+                         extra("{_target_:my_regularizer.Orthogonality,weight:0.001}")), tmp_path / "runs" / "ortho")
+    summary = compare([tmp_path / "runs"]).summary
+    assert sorted(summary["regularizer.extra"]) == ['[]', '[{"_target_": "my_regularizer.Orthogonality", "weight": 0.001}]']
+    # the extra's source hash tells nothing the entry does not: it stays out of the label
+    assert not [c for c in summary.columns if c.startswith("code.")]
