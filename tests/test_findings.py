@@ -26,6 +26,16 @@ def test_holm_matches_a_hand_computation():
     assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
 
 
+@pytest.mark.parametrize("p_values,statsmodels_holm", [
+    # statsmodels 0.15.0, statsmodels.stats.multitest.multipletests(p, alpha=0.05, method="holm")[1], 2026-12-06
+    ([0.01, 0.04, 0.03, 0.005, 0.2], [0.04, 0.09, 0.09, 0.025, 0.2]),
+    ([0.0001, 0.5, 0.049, 0.05, 0.0125, 0.9], [0.0006000000000000001, 1.0, 0.196, 0.196, 0.0625, 1.0]),
+    ([0.03, 0.03, 0.03], [0.09, 0.09, 0.09]),
+])
+def test_holm_matches_statsmodels(p_values, statsmodels_holm):
+    assert holm(p_values) == pytest.approx(statsmodels_holm, rel=1e-12)
+
+
 def test_compare_adjusts_over_each_tasks_comparisons_against_the_baseline(tmp_path):
     values = {"none": [0.80, 0.82, 0.84], "bn": [0.85, 0.88, 0.86], "dropout": [0.81, 0.84, 0.84],
               "bn_dropout": [0.90, 0.93, 0.95]}

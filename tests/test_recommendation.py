@@ -40,6 +40,21 @@ def test_metrics_match_hand_worked_values():
         assert out[key].tolist() == pytest.approx(values, abs=1e-6), key
 
 
+def test_metrics_match_torchmetrics_retrieval_values():
+    """torchmetrics 1.9.0's RetrievalHitRate, RetrievalPrecision, RetrievalRecall, RetrievalMRR and
+    RetrievalNormalizedDCG (top_k=K, one query per user) on these scores, computed on 2026-12-06 and copied."""
+    scores = torch.tensor([[0.9, 0.1, 0.8, 0.3, 0.5, 0.7, 0.2, 0.4], [0.2, 0.6, 0.1, 0.9, 0.3, 0.8, 0.5, 0.7],
+                           [0.5, 0.4, 0.3, 0.2, 0.1, 0.9, 0.8, 0.7], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]])
+    relevant = torch.tensor([[1, 0, 0, 1, 0, 0, 1, 0], [0, 0, 1, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 0, 0, 0],
+                             [1, 1, 1, 0, 0, 0, 0, 1]]).bool()
+    torchmetrics = {"hit@3": 0.75, "precision@3": 0.25, "recall@3": 0.2708333432674408, "mrr@3": 0.625,
+                    "ndcg@3": 0.331352561712265, "hit@5": 0.75, "precision@5": 0.15000000596046448,
+                    "recall@5": 0.2708333432674408, "mrr@5": 0.625, "ndcg@5": 0.31162789463996887}
+    hits = relevant.gather(1, ranking.top_k(scores, 5))
+    ours = {k: float(v.mean()) for k, v in ranking.per_user_metrics(hits, relevant.sum(1), [3, 5]).items()}
+    assert ours == pytest.approx(torchmetrics, rel=1e-6)
+
+
 def test_top_k_breaks_ties_towards_the_lower_item_index():
     scores = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0]])
     assert ranking.top_k(scores, 4).tolist() == [[1, 2, 4, 3]]
