@@ -35,8 +35,6 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.pt"   # the best-validation weights
 LAST_CHECKPOINT = "last.pt"   # everything an unfinished run needs to continue
 CHECKPOINT_FORMAT = 1
-# The record fields a last-epoch checkpoint carries (format 1 keeps them under "record").
-CARRIED = ("best_epoch", "val", "epochs_run", "train_time_s", "eval_time_s")
 
 
 # -- identity -------------------------------------------------------------------------------------
@@ -99,8 +97,9 @@ class Earlier:
     checkpoint: Path | None
 
     @property
-    def finished(self) -> bool:
-        return self.record is not None and self.record.get("status") in (Status.COMPLETED, Status.DIVERGED)
+    def final(self) -> bool:
+        """Its record has a final status (Status.final: completed, diverged, pruned): reused, never resumed."""
+        return self.record is not None and self.record.get("status") in {s.value for s in Status if s.final}
 
     @property
     def pruned(self) -> bool:
@@ -124,7 +123,7 @@ def find_earlier(cfg: DictConfig, rid: str, run_dir: Path) -> Earlier | None:
             continue  # a directory reused by another configuration
         checkpoint = directory / CHECKPOINT_DIR / LAST_CHECKPOINT
         earlier = Earlier(directory, record, checkpoint if checkpoint.is_file() else None)
-        if earlier.finished or earlier.pruned or earlier.checkpoint is not None:
+        if earlier.final or earlier.checkpoint is not None:
             return earlier
     return None
 

@@ -14,7 +14,6 @@ not what this module writes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -25,14 +24,7 @@ if not CONF.is_dir():  # a source checkout: the configs live in the top-level co
 # Groups a user picks with GROUP=OPTION, in the order the reference shows them
 GROUPS = ("task", "model", "regularizer", "optimizer", "schedule", "trainer", "augment", "logger", "paths",
           "experiment")
-TOP_LEVEL = ("seed", "penalty")  # keys of config.yaml itself
 KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w@.-]*):(?P<rest>.*)$")
-
-
-@dataclass
-class Source:
-    file: Path
-    package: str  # the dotted prefix the file's keys go under ("" for _global_)
 
 
 def _package(path: Path) -> str:

@@ -22,10 +22,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-# torchrun sets these for every process it starts.
-ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-
-
 @dataclass(frozen=True)
 class Ranks:
     rank: int = 0

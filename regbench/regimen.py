@@ -198,8 +198,12 @@ def _divisor_near(n: int, wanted: int) -> int:
     return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - wanted), -d))
 
 
-@dataclass(frozen=True)
+@dataclass
 class Regimen:
+    """The run's regularization, resolved once from the config (`from_config`); its values are not changed
+    afterwards. `placements` is the log of where models asked for norms and dropout (`place`), which
+    `check_placed` and the contract checks read."""
+
     name: str
     norm_type: str                 # none | batch
     norm_layers: LayerSelector

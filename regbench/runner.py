@@ -120,7 +120,7 @@ class Run(loop.FitHooks):
             earlier = distributed.broadcast(earlier, self.ranks)
             if earlier is not None and earlier.pruned and self.prune is None:
                 earlier = None  # a pruned trial is no result: a plain run of its configuration trains in full
-            if earlier is not None and (earlier.finished or earlier.pruned):
+            if earlier is not None and earlier.final:
                 return self._reuse(earlier) if main else earlier.record
         # A run that cannot start (a bad value, missing data, no GPU) leaves no record: it never ran. An
         # unexpected error while building is a crash, recorded as failed like any other.

@@ -681,7 +681,7 @@ def fixed_values(plan: Plan, tune: DictConfig) -> dict[int, float]:
     for seed in tune.final_seeds:
         cfg = compose_config(merge_overrides(plan.overrides, [f"seed={seed}"]))
         earlier = checkpoints.find_earlier(cfg, checkpoints.run_id(cfg), Path("/nonexistent"))
-        if earlier is None or not earlier.finished:
+        if earlier is None or not earlier.final:
             return {}
         record = read_metrics(earlier.run_dir)
         value = record.get("test", {}).get(record.get("primary_metric"))
