@@ -28,7 +28,7 @@ from scipy import stats
 from regbench.errors import RegbenchError
 from regbench.fileio import write_csv_atomic, write_text_atomic
 from regbench.findings import format_p
-from regbench.record import ADDED_KEYS, COSMETIC_KEYS, METRICS_FILE, STATUSES, flatten
+from regbench.record import ADDED_KEYS, COSMETIC_KEYS, METRICS_FILE, STATUSES, flatten, legacy_direction
 from regbench.results import RESULTS_FILE, run_row, sweep_rows
 
 CONFIG = "config."  # the record's resolved identity, flattened into results.csv columns
@@ -371,19 +371,17 @@ def bootstrap_interval(samples: Sequence[Sequence[float]], resamples: int, paire
 
 
 # -- the summary -----------------------------------------------------------------------------------
-LOWER_IS_BETTER = ("loss", "nll", "ece", "brier")  # metric names (the last part of a key) to minimise
-
-
 def _higher_is_better(rows: pd.DataFrame, metric: str) -> bool:
-    """The record's direction for its primary metric; lower for losses and calibration errors; else higher."""
-    name = metric.rsplit(".", 1)[-1]
-    if name in LOWER_IS_BETTER or "loss" in metric:
-        return False
+    """The metric's direction as the records' tasks declared it (record.metric_directions); for rows that
+    carry none (a results.csv written before version 2 of the record), version 1's rule."""
+    name = metric.split(".", 1)[1] if metric.startswith(("test.", "val.", "train.")) else metric
+    column = f"metric_directions.{name}"
+    if column in rows and rows[column].notna().any():
+        return bool(rows[column].dropna().iloc[0])
     primary = rows["primary_metric"].dropna() if "primary_metric" in rows else pd.Series(dtype=object)
-    if "higher_is_better" in rows and rows["higher_is_better"].notna().any() and len(primary) and \
-            name == primary.iloc[0]:
-        return bool(rows["higher_is_better"].dropna().iloc[0])
-    return True
+    higher = rows["higher_is_better"].dropna() if "higher_is_better" in rows else pd.Series(dtype=object)
+    return legacy_direction(metric, primary.iloc[0] if len(primary) else None,
+                            bool(higher.iloc[0]) if len(higher) else None)
 
 
 def _averaged(rows: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -19,6 +19,10 @@ import pandas as pd
 from regbench.fileio import write_atomic, write_csv_atomic, write_json_atomic
 
 METRICS_FILE = "metrics.json"
+# metrics.json's schema version. 1: every record written before the field existed (2026-12-06); 2: adds
+# record_version and metric_directions. upgrade() brings any earlier record to this one; every reader calls it.
+RECORD_VERSION = 2
+LOWER_IS_BETTER = ("loss", "nll", "ece", "brier")  # what version 1 records are read with: the names to minimise
 HISTORY_FILE = "history.csv"
 # The final model's test predictions, what `regbench ensemble` averages; "kind" says which arrays it holds:
 #   classification: probs (float32, N x C), labels (int64, N), in the test set's order
@@ -71,6 +75,7 @@ class RunRecord:
     """metrics.json, key by key, in the order they are written. docs/run-record.md says what each means."""
 
     status: Status = Status.RUNNING
+    record_version: int = RECORD_VERSION
     task: str | None = None
     model: str | None = None
     regularizer: str | None = None
@@ -79,6 +84,8 @@ class RunRecord:
     seed: int | None = None
     primary_metric: str | None = None
     higher_is_better: bool | None = None
+    # every test metric's direction as the task declares it (Task.metric_directions): True = higher is better
+    metric_directions: dict[str, bool] = field(default_factory=dict)
     losses: dict[str, str] = field(default_factory=dict)  # what train_loss and val_loss measure
     best_epoch: int | None = None
     epochs_run: int = 0
@@ -166,8 +173,33 @@ class RecordWriter:
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """A run's metrics.json, upgraded to the current RECORD_VERSION."""
     with open(Path(run_dir) / METRICS_FILE, encoding="utf-8") as fh:
-        return json.load(fh)
+        return upgrade(json.load(fh))
+
+
+def legacy_direction(metric: str, primary: str | None, higher_is_better: bool | None) -> bool:
+    """How version 1 records (no metric_directions) were read: lower is better for losses and calibration
+    errors, the record's own direction for its primary metric, higher for the rest."""
+    name = metric.rsplit(".", 1)[-1]
+    if name in LOWER_IS_BETTER or "loss" in metric:
+        return False
+    if primary is not None and higher_is_better is not None and name == primary:
+        return bool(higher_is_better)
+    return True
+
+
+def upgrade(record: dict[str, Any]) -> dict[str, Any]:
+    """Any earlier record in the current version's shape (in place, and returned): the one place that knows
+    what each version lacked. Version 1 gets metric_directions from legacy_direction and `upgraded_from`."""
+    version = int(record.get("record_version") or 1)
+    if version < 2:
+        primary, higher = record.get("primary_metric"), record.get("higher_is_better")
+        metrics = [k for k in flatten(record.get("test") or {}) if not k.startswith("per_type.")]
+        record["metric_directions"] = {m: legacy_direction(m, primary, higher) for m in metrics}
+        record["upgraded_from"] = version
+        record["record_version"] = RECORD_VERSION
+    return record
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:

@@ -28,7 +28,8 @@ from regbench.errors import RegbenchError
 from regbench.hooks import build_extras
 from regbench.launchers import available_cpus
 from regbench.machine_load import LoadWatch
-from regbench.record import TEST_OUTPUTS_FILE, RecordWriter, RunRecord, Status, read_history, write_test_outputs
+from regbench.record import (TEST_OUTPUTS_FILE, RecordWriter, RunRecord, Status, flatten, read_history,
+                             write_test_outputs)
 from regbench.regimen import Regimen, regularizer_presets
 from regbench.validation import validate
 
@@ -292,6 +293,8 @@ class Run(loop.FitHooks):
             if outputs is not None and str(outputs.get("kind", "classification")) == "classification" \
                     and "nll" not in record.test:  # calibration for every classifier, not only the built-in tasks
                 record.test.update(calibration(np.asarray(outputs["probs"]), np.asarray(outputs["labels"])))
+            record.metric_directions = {m: task.higher_is_better_for(m) for m in flatten(record.test)
+                                        if not m.startswith("per_type.")}
             record.train = loop.evaluate(task, model, "train")
             record.eval_time_s = round(record.eval_time_s + time.perf_counter() - t1, 3)
             record.gap = record.train[task.primary_metric] - record.test[task.primary_metric]

@@ -44,7 +44,11 @@ def batch_rows(batch: Batch) -> int:
 class Task(ABC):
     name: ClassVar[str]
     primary_metric: ClassVar[str]          # a key of evaluate()'s result, e.g. "accuracy"
-    higher_is_better: ClassVar[bool] = True
+    higher_is_better: ClassVar[bool] = True  # the primary metric's direction
+    # Whether each metric evaluate() returns is better higher (True) or lower (False), by its name before any
+    # "@K" (ndcg@10: "ndcg"); the record keeps them (metric_directions) so compare never guesses from a name.
+    # A task adds its own metrics to these; the primary metric's direction is higher_is_better.
+    metric_directions: ClassVar[dict[str, bool]] = {"loss": False, "nll": False, "ece": False, "brier": False}
     models: ClassVar[tuple[str, ...]]      # the model names that fit this task's inputs and outputs
     # Batch entries that live on the host by design (e.g. lengths for packing); the rest is on the device.
     host_keys: ClassVar[tuple[str, ...]] = ()
@@ -69,6 +73,17 @@ class Task(ABC):
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.device = device
+
+    def higher_is_better_for(self, metric: str) -> bool:
+        """The direction of one of evaluate()'s metrics: the primary metric's is higher_is_better; the others
+        come from metric_directions (merged over the class and its bases); an undeclared one counts as
+        higher-is-better."""
+        if metric == self.primary_metric:
+            return bool(self.higher_is_better)
+        directions: dict[str, bool] = {}
+        for cls in reversed(type(self).__mro__):
+            directions.update(vars(cls).get("metric_directions", {}))
+        return bool(directions.get(metric.split("@")[0], True))
 
     def read_once(self, what: str, load: Callable[[], Any]) -> Any:
         """load(), or what an earlier run of this process loaded with the same task and data settings while

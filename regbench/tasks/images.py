@@ -58,6 +58,7 @@ def validation_count(val_size: float, n_train: int) -> int:
 
 class ImageClassificationTask(Task):
     primary_metric = "accuracy"
+    metric_directions = {"accuracy": True}
     models: ClassVar[tuple[str, ...]] = ("cnn13", "resnet18")
     accepts_custom_models = True   # any factory that takes num_classes, in_channels and image_size
     regularizers = frozenset({"label_smoothing", "mixup", "cutmix"})

@@ -41,6 +41,7 @@ class MovieLensTask(Task):
     models: ClassVar[tuple[str, ...]] = ("two_tower", "mf", "popularity")
     task_model_keys: ClassVar[tuple[str, ...]] = ("loss", "negatives", "num_negatives")  # the training objective
     primary_metric = "ndcg@10"
+    metric_directions = {"hit": True, "precision": True, "recall": True, "mrr": True, "ndcg": True}
     equivalent_keys = {"data.limit_train": "data.max_users", "data.limit_eval": "data.max_users"}
 
     @classmethod

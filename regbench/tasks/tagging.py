@@ -177,6 +177,7 @@ class TaggingTask(Task):
     task_model_keys: ClassVar[tuple[str, ...]] = ("lowercase", "singleton_unk", "word_vectors")
     regularizers = frozenset({"label_smoothing"})  # with model.crf=false (the model says why not with a CRF)
     primary_metric = "f1"
+    metric_directions = {"f1": True, "precision": True, "recall": True, "accuracy": True}
     equivalent_keys = {"model.width": "model.hidden"}  # the BiLSTM's size is its hidden units
 
     @classmethod

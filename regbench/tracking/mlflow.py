@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from regbench.errors import RegbenchError
-from regbench.record import HISTORY_FILE, METRICS_FILE, flatten, read_history
+from regbench.record import HISTORY_FILE, METRICS_FILE, flatten, read_history, read_metrics
 from regbench.tracking import require, scalars
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def run_plots(run_dir: Path, out: Path) -> list[Path]:
 
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    return json.loads((run_dir / METRICS_FILE).read_text()), read_history(run_dir)
+    return read_metrics(run_dir), read_history(run_dir)
 
 
 def export_run(store: Store, run_dir: Path, plots: bool = True, logged: RunLog | None = None) -> bool:
