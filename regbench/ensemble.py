@@ -23,9 +23,9 @@ import torch
 
 from regbench import metrics, ranking
 from regbench.calibration import calibration
-from regbench.compare import LOWER_IS_BETTER, TERMINAL_WIDTH, CompareError, key_values, label_keys, load_runs
+from regbench.compare import TERMINAL_WIDTH, CompareError, key_values, label_keys, load_runs
 from regbench.fileio import write_csv_atomic, write_text_atomic
-from regbench.record import TEST_OUTPUTS_FILE, read_test_outputs
+from regbench.record import TEST_OUTPUTS_FILE, legacy_direction, read_test_outputs
 
 # The arrays that must agree across members (same test set, same masking) and the one that is averaged.
 SAME = {"classification": ("labels",), "tagging": ("labels", "lengths", "tag_names"), "ranking": ("relevant", "ks")}
@@ -99,6 +99,14 @@ class Ensembles:
         return table.to_string(index=False, float_format=lambda v: f"{v:.4f}", line_width=TERMINAL_WIDTH)
 
 
+def _direction(group: pd.DataFrame, metric: str) -> bool:
+    """Whether higher is better for `metric`, as the members' records say (metric_directions)."""
+    column = f"metric_directions.{metric}"
+    if column in group and group[column].notna().any():
+        return bool(group[column].dropna().iloc[0])
+    return legacy_direction(metric, None, None)
+
+
 def ensemble(paths, by=None) -> Ensembles:
     runs = load_runs(list(paths))
     runs = runs[runs["status"] == "completed"]
@@ -121,8 +129,9 @@ def ensemble(paths, by=None) -> Ensembles:
         row = dict(zip(keys, label), n_members=len(members))
         for metric, value in together.items():
             gain = value - alone[metric]
+            higher = _direction(group, metric)
             row.update({f"ensemble.{metric}": value, f"member_mean.{metric}": alone[metric],
-                        f"gain.{metric}": -gain if metric in LOWER_IS_BETTER else gain})
+                        f"gain.{metric}": gain if higher else -gain})
         rows.append(row)
         scored = list(together)
     return Ensembles(pd.DataFrame(rows), keys, scored)
