@@ -33,9 +33,7 @@ class SweepResultsCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         frame = update_sweep_results(sweep_dir)
-        from regbench.compare import runs_table
-
-        print(f"\n{runs_table(frame)}\n\n{len(frame)} run{'s' if len(frame) != 1 else ''}; results: "
+        print(f"\n{_runs_table(frame)}\n\n{len(frame)} run{'s' if len(frame) != 1 else ''}; results: "
               f"{sweep_dir / RESULTS_FILE}")
         if not frame.empty:
             self._write_summary(sweep_dir)
@@ -99,3 +97,29 @@ def failed_runs(sweep_dir: Path) -> list[tuple[Path, str]]:
         errors = [line.split("regbench: error: ", 1)[1] for line in lines if "regbench: error: " in line]
         failures.append((run_dir, errors[-1] if errors else "it wrote no record; see its regbench.log"))
     return failures
+
+
+def _runs_table(runs) -> str:
+    """One line per run for the terminal (what a sweep prints when it ends): the keys that tell its runs
+    apart (model and every swept setting among them), the seed, the status and the primary metric."""
+    import pandas as pd
+
+    from regbench.compare import TERMINAL_WIDTH, fmt, key_values, label_keys, with_configs
+
+    if runs.empty:
+        return "(no finished runs)"
+    runs = with_configs(runs)
+    keys = label_keys(runs)
+    table = pd.DataFrame({key: key_values(runs, key) for key in keys})
+    for column in ("seed", "status", "best_epoch"):
+        if column in runs:
+            table[column] = runs[column].map(lambda v: "–" if pd.isna(v) else str(int(v)) if isinstance(v, float)
+                                             else str(v))
+    metrics = runs["primary_metric"] if "primary_metric" in runs else pd.Series("accuracy", index=runs.index)
+    for split in ("train", "val", "test"):
+        table[split] = [fmt(row.get(f"{split}.{m}")) if isinstance(m, str) else "–"
+                        for m, (_, row) in zip(metrics, runs.iterrows())]
+    table["metric"] = metrics.fillna("–")
+    if "train_time_s" in runs:
+        table["train s"] = runs["train_time_s"].map(lambda v: fmt(v, 1))
+    return table.to_string(index=False, line_width=TERMINAL_WIDTH)

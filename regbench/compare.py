@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
-from scipy import stats
 
 from regbench.errors import RegbenchError
 from regbench.fileio import write_csv_atomic, write_text_atomic
 from regbench.findings import format_p
 from regbench.record import ADDED_KEYS, COSMETIC_KEYS, METRICS_FILE, STATUSES, flatten, legacy_direction
 from regbench.results import RESULTS_FILE, run_row, sweep_rows
+from regbench.statistics import CONFIDENCE, bootstrap_interval, difference, holm, mean_interval
 
 CONFIG = "config."  # the record's resolved identity, flattened into results.csv columns
 # Always part of a group of records without `config`; other overridden keys join when their value varies.
@@ -37,7 +37,6 @@ BASE_KEYS = ("task", "model", "regularizer", "optimizer")
 NOT_GROUPED = ("seed", *COSMETIC_KEYS)
 NOT_GROUPED_PREFIXES = ("hydra.", "paths.", "logger.")
 DEFAULT_BASELINE = "regularizer=none"
-CONFIDENCE = 0.95
 SUMMARY_NAME = "summary"  # summary.csv / summary.md / summary.tex
 
 # Cost columns: (record column, summary column, how the group reduces it)
@@ -86,7 +85,7 @@ def load_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
         raise CompareError("the inputs hold no 'status' column: they are not regbench run records")
     before = len(runs)
     runs = _each_run_once(runs)
-    runs = _with_configs(runs)
+    runs = with_configs(runs)
     runs.attrs["duplicates"] = before - len(runs)
     return runs
 
@@ -106,7 +105,7 @@ def _each_run_once(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([latest, runs[~keyed]]).sort_index().reset_index(drop=True)
 
 
-def _with_configs(runs: pd.DataFrame) -> pd.DataFrame:
+def with_configs(runs: pd.DataFrame) -> pd.DataFrame:
     """Records written before `config` existed: the resolved identity from the run's .hydra/config.yaml,
     where the run directory is at hand."""
     columns = _identity_columns(runs)
@@ -270,107 +269,6 @@ def metric_columns(runs: pd.DataFrame, metric: str | None) -> pd.Series:
     return pd.Series(name, index=runs.index)
 
 
-# -- statistics ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Interval:
-    mean: float
-    low: float
-    high: float
-
-
-def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
-    """Mean with its Student-t confidence interval (NaN bounds for fewer than two values)."""
-    x = np.asarray(values, dtype=float)
-    if len(x) == 0:
-        return Interval(math.nan, math.nan, math.nan)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return Interval(mean, math.nan, math.nan)
-    if _no_spread(x):  # equal values: no interval to speak of (not a std of 1e-17 from rounding)
-        return Interval(mean, mean, mean)
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return Interval(mean, mean - half, mean + half)
-
-
-@dataclass(frozen=True)
-class Difference:
-    delta: float      # mean(group) - mean(baseline)
-    low: float        # its confidence interval
-    high: float
-    p_value: float
-    test: str         # "paired t" (same seeds in both) | "Welch t" | "" (too few runs)
-    n_pairs: int
-
-
-def _no_spread(values: np.ndarray) -> bool:
-    """All equal, up to float rounding (0.6 - 0.5 and 0.7 - 0.6 differ in the 17th digit)."""
-    return float(np.ptp(values)) <= 1e-12 * max(1.0, float(np.abs(values).max()))
-
-
-def difference(group: dict[int, float], baseline: dict[int, float], confidence: float = CONFIDENCE) -> Difference:
-    """Compare two sets of per-seed results: a paired t-test when both have the same seeds (the
-    seed fixes initialisation and data order, so pairing removes that variance), Welch's t-test otherwise.
-    Differences without any spread (all seeds differ by exactly the same amount) have no test: the
-    interval is the difference itself and p is left empty rather than NaN."""
-    a, b = list(group.values()), list(baseline.values())
-    delta = float(np.mean(a) - np.mean(b)) if a and b else math.nan
-    if set(group) == set(baseline) and len(group) >= 2:
-        seeds = sorted(group)
-        diffs = np.array([group[s] - baseline[s] for s in seeds])
-        if _no_spread(diffs):
-            return Difference(delta, delta, delta, math.nan, "no spread", len(seeds))
-        result = stats.ttest_rel([group[s] for s in seeds], [baseline[s] for s in seeds])
-        kind, pairs = "paired t", len(seeds)
-    elif len(a) >= 2 and len(b) >= 2:
-        if _no_spread(np.array(a)) and _no_spread(np.array(b)):
-            return Difference(delta, delta, delta, math.nan, "no spread", 0)
-        result = stats.ttest_ind(a, b, equal_var=False)
-        kind, pairs = "Welch t", 0
-    else:
-        return Difference(delta, math.nan, math.nan, math.nan, "", 0)
-    interval = result.confidence_interval(confidence)
-    return Difference(delta, float(interval.low), float(interval.high), float(result.pvalue), kind, pairs)
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (step-down): the i-th smallest of m p-values becomes
-    max over j <= i of min(1, (m - j + 1) * p_(j)). NaN p-values (no test) stay NaN and are not counted.
-    Written here: it is five lines, and statsmodels would be a dependency for it."""
-    p = np.asarray(p_values, dtype=float)
-    out = np.full(len(p), math.nan)
-    tested = np.flatnonzero(np.isfinite(p))
-    m = len(tested)
-    running = 0.0
-    for rank, i in enumerate(tested[np.argsort(p[tested], kind="stable")]):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out.tolist()
-
-
-BOOTSTRAP_SEED = 0  # the resampling is seeded: the same runs give the same intervals
-
-
-def bootstrap_interval(samples: Sequence[Sequence[float]], resamples: int, paired: bool = False,
-                       confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Percentile bootstrap interval (scipy.stats.bootstrap) of the mean of one sample, or of the
-    difference of means of two (paired: the per-seed differences are resampled together). NaN when a
-    sample has fewer than two values or no spread."""
-    data = [np.asarray(x, dtype=float) for x in samples]
-    if any(len(x) < 2 for x in data):
-        return math.nan, math.nan
-    if len(data) == 2 and paired:
-        data = [data[0] - data[1]]
-    if len(data) == 1 and _no_spread(data[0]):
-        return math.nan, math.nan
-    statistic = (lambda x, axis: np.mean(x, axis=axis)) if len(data) == 1 else \
-        (lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis))
-    with np.errstate(invalid="ignore"):
-        result = stats.bootstrap(tuple(data), statistic, n_resamples=resamples, confidence_level=confidence,
-                                 method="percentile", vectorized=True, rng=np.random.default_rng(BOOTSTRAP_SEED))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
-
-
-# -- the summary -----------------------------------------------------------------------------------
 def _higher_is_better(rows: pd.DataFrame, metric: str) -> bool:
     """The metric's direction as the records' tasks declared it (record.metric_directions); for rows that
     carry none (a results.csv written before version 2 of the record), version 1's rule."""
@@ -729,28 +627,6 @@ def files_line(files: Sequence[Path], verb: str = "wrote") -> str:
     line = f"{verb} {_plural(len(files), 'file')} in {folder}: {names}"
     return textwrap.fill(line, TERMINAL_WIDTH, subsequent_indent="  ", break_on_hyphens=False,
                          break_long_words=False)
-
-
-def runs_table(runs: pd.DataFrame) -> str:
-    """One line per run for the terminal (what a sweep prints when it ends): the keys that tell its runs
-    apart (model and every swept setting among them), the seed, the status and the primary metric."""
-    if runs.empty:
-        return "(no finished runs)"
-    runs = _with_configs(runs)
-    keys = label_keys(runs)
-    table = pd.DataFrame({key: key_values(runs, key) for key in keys})
-    for column in ("seed", "status", "best_epoch"):
-        if column in runs:
-            table[column] = runs[column].map(lambda v: "–" if _missing(v) else str(int(v)) if isinstance(v, float)
-                                             else str(v))
-    metrics = runs["primary_metric"] if "primary_metric" in runs else pd.Series("accuracy", index=runs.index)
-    for split in ("train", "val", "test"):
-        table[split] = [fmt(row.get(f"{split}.{m}")) if isinstance(m, str) else "–"
-                        for m, (_, row) in zip(metrics, runs.iterrows())]
-    table["metric"] = metrics.fillna("–")
-    if "train_time_s" in runs:
-        table["train s"] = runs["train_time_s"].map(lambda v: fmt(v, 1))
-    return table.to_string(index=False, line_width=TERMINAL_WIDTH)
 
 
 def compare(paths: Iterable[str | Path], by: Sequence[str] | None = None, metric: str | None = None,

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from regbench.compare import CompareError, compare, difference, mean_interval
+from regbench.compare import CompareError, compare
+from regbench.statistics import difference, mean_interval
 from regbench.fileio import write_json_atomic
 from regbench.results import update_sweep_results
 

@@ -12,8 +12,15 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from regbench.compare import bootstrap_interval, compare, holm
+from regbench.compare import compare
+from regbench.statistics import bootstrap_interval, holm
 from test_compare import make_sweep
+
+
+def test_the_statistics_are_pure_functions_that_need_no_pandas():
+    code = "import sys, regbench.statistics; print(sorted(m for m in ('pandas', 'torch') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_holm_matches_a_hand_computation():
