@@ -209,3 +209,17 @@ def test_a_users_task_that_takes_data_keys_must_declare_them(blobs, monkeypatch)
                                           r"add data_keys = \('mistake',\)"):
         validate(blobs("+data.mistake=none"), machine=False)
     validate(blobs(), machine=False)  # no data.* key given: nothing to declare
+
+
+def test_a_subclass_of_a_built_in_task_reads_the_presets_data_keys(compose_cfg, tiny_data_dir, tmp_path,
+                                                                    monkeypatch):
+    from conftest import tiny_overrides
+    from regbench.validation import validate
+
+    (tmp_path / "sub_task.py").write_text("from regbench.tasks.cifar10 import Cifar10Task\n\n\n"
+                                          "class Quieter(Cifar10Task):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("sub_task", None)
+    cfg = compose_cfg(*tiny_overrides(tiny_data_dir, tmp_path / "cache", "task._target_=sub_task.Quieter",
+                                      "data.limit_train=64"))
+    validate(cfg, machine=False)  # cifar10's data.* keys: its YAML's, which the subclass inherits with the code
