@@ -594,6 +594,10 @@ def _tune(argv: list[str]) -> int:
                                folder / "final" / plan.regimen / f"s{seed}"))
         if tune.launcher == "slurm" and finals:  # the final runs are jobs too: nothing trains where you typed
             _wait(slurm_executor(tune, folder).map_array(final_run, *zip(*finals)))
+        elif workers > 1 and len(finals) > 1:  # as many at once as there were workers, each on its share of CPUs
+            threads = worker_threads(plans_[0].cfg, workers)
+            with multiprocessing.get_context("spawn").Pool(min(workers, len(finals)), _final_worker_start) as pool:
+                pool.map(_final_in_process, [(o, d, threads) for o, d in finals], chunksize=1)
         else:
             for overrides, run_dir in finals:
                 final_run(overrides, run_dir)
@@ -619,12 +623,26 @@ def _tune(argv: list[str]) -> int:
     return 0
 
 
-def final_run(overrides: list[str], run_dir: Path) -> str:
+def final_run(overrides: list[str], run_dir: Path, threads: int | None = None) -> str:
     """One final run (a plain run: a regimen's best configuration on a final seed); its status."""
     from regbench import runner
     from regbench.preflight import compose_config
 
-    return runner.run(compose_config(overrides), run_dir, dict(o.split("=", 1) for o in overrides))["status"]
+    return runner.run(compose_config(overrides), run_dir, dict(o.split("=", 1) for o in overrides),
+                      threads)["status"]
+
+
+def _final_worker_start() -> None:
+    """A local process that trains final runs: the data read once for all of them, its lines on stderr."""
+    from regbench.tasks.base import keep_data_in_process
+
+    keep_data_in_process()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="[final] %(message)s")
+
+
+def _final_in_process(args: tuple) -> str:
+    return final_run(*args)
 
 
 def slurm_executor(tune: DictConfig, folder: Path):

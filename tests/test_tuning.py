@@ -215,6 +215,9 @@ def test_two_workers_and_a_sigkilled_search_keep_exactly_the_budget(tune_args, t
             {tuple(sorted(t.params.items())) for t in study.get_trials() if t.state.name == "COMPLETE"}
         completed = [tuple(sorted(t.params.items())) for t in study.get_trials() if t.state.name == "COMPLETE"]
         assert len(set(completed)) == 3  # the two workers never ran the same point
+    # The final runs train two at a time too, each on its share of the CPUs, as the workers did.
+    finals = [json.loads(p.read_text()) for p in (tmp_path / "tune" / "final").glob("*/s*/metrics.json")]
+    assert len(finals) == 4 and {(r["status"], r["threads"]) for r in finals} == {("completed", 1)}
 
 
 def test_the_budget_curve_sensitivity_plot_and_fixed_against_tuned_are_written(tune_args, tmp_path, capsys):
