@@ -38,9 +38,10 @@ CHECKPOINT_FORMAT = 1
 
 
 # -- identity -------------------------------------------------------------------------------------
-def identity(cfg: DictConfig) -> dict[str, Any]:
+def identity(cfg: DictConfig, code: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The resolved configuration minus the cosmetic keys (the seed and the data folder stay), plus the hash
-    of every user source file a `_target_` loads (regbench.code_identity): what makes two runs the same run."""
+    of every user source file a `_target_` loads (regbench.code_identity; `code`: its user_code(cfg) when the
+    caller has it already): what makes two runs the same run."""
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
     for key in COSMETIC_KEYS:
@@ -52,7 +53,7 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
             node.pop(leaf, None)
     for key, off in ADDED_KEYS.items():
         _drop_at(container, key.split("."), off)
-    code = code_identity.identity_part(code_identity.user_code(cfg))
+    code = code_identity.identity_part(code_identity.user_code(cfg) if code is None else code)
     if code:  # a user's model, task, optimizer or regularizer: its source is part of the run
         container["code"] = code
     return container
@@ -70,9 +71,10 @@ def _drop_at(node: Any, path: list[str], off: Any) -> None:
         del node[path[0]]
 
 
-def run_id(cfg: DictConfig, world_size: int = 1) -> str:
-    """The run's identity hash; a run on several processes (torchrun) is not the same run as one on one."""
-    ident = identity(cfg)
+def run_id(cfg: DictConfig, world_size: int = 1, ident: dict[str, Any] | None = None) -> str:
+    """The run's identity hash (of `ident`, identity(cfg) when the caller has it already); a run on several
+    processes (torchrun) is not the same run as one on one."""
+    ident = dict(identity(cfg) if ident is None else ident)
     if world_size > 1:
         ident["world_size"] = world_size
     text = json.dumps(ident, sort_keys=True, default=str)

@@ -43,7 +43,8 @@ COSMETIC_KEYS = ("paths.output_dir", "paths.cache_dir", "trainer.progress", "tra
 ADDED_KEYS: dict[str, Any] = {
     "regularizer.norm.groups": 8, "regularizer.label_smoothing": 0.0, "regularizer.mixup.alpha": 0.0,
     "regularizer.cutmix.alpha": 0.0, "regularizer.ema.decay": 0.0, "regularizer.stochastic_depth": 0.0,
-    "regularizer.extra": [], "optimizer._target_": None, "optimizer.decay_norm_and_bias": True, "trainer.compression.prune": [], "trainer.compression.int8": False,
+    "regularizer.extra": [], "optimizer._target_": None, "optimizer.decay_norm_and_bias": True,
+    "trainer.compression.prune": [], "trainer.compression.int8": False,
 }
 FLOPS_COUNTING = "FLOPs of one forward pass, one multiply-add = 2 FLOPs (MACs = FLOPs / 2)"
 

@@ -112,9 +112,10 @@ class Run(loop.FitHooks):
 
     def _execute(self) -> dict[str, Any]:
         main = self.ranks.is_main
-        rid = self.record.run_id = checkpoints.run_id(self.cfg, self.ranks.world)
-        self.record.config = checkpoints.identity(self.cfg)
+        # The user's source files are read and hashed once, for the record and the run id alike.
         self.record.code = code_identity.user_code(self.cfg)
+        self.record.config = checkpoints.identity(self.cfg, self.record.code)
+        rid = self.record.run_id = checkpoints.run_id(self.cfg, self.ranks.world, self.record.config)
         earlier = None
         if self.cfg.trainer.resume:
             earlier = checkpoints.find_earlier(self.cfg, rid, self.run_dir) if main else None
