@@ -64,7 +64,8 @@ class SweepResultsCallback(Callback):
 
     @staticmethod
     def _write_summary(sweep_dir: Path) -> None:
-        from regbench.compare import compare, files_line
+        from regbench.compare import compare
+        from regbench.tables import files_line
 
         try:  # the grouped summary is a convenience: a problem with it must not fail a finished sweep
             import pandas as pd
@@ -104,7 +105,8 @@ def _runs_table(runs) -> str:
     apart (model and every swept setting among them), the seed, the status and the primary metric."""
     import pandas as pd
 
-    from regbench.compare import TERMINAL_WIDTH, fmt, key_values, label_keys, with_configs
+    from regbench.runs import key_values, label_keys, with_configs
+    from regbench.tables import TERMINAL_WIDTH, fmt
 
     if runs.empty:
         return "(no finished runs)"

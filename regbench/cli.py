@@ -162,7 +162,8 @@ def run_subcommand(argv: list[str]) -> int:
 
     import textwrap
 
-    from regbench.compare import TERMINAL_WIDTH, compare, files_line
+    from regbench.compare import compare
+    from regbench.tables import TERMINAL_WIDTH, files_line
 
     args = _subcommand_parser().parse_args(argv)
     try:
@@ -225,7 +226,7 @@ def _ensemble(args) -> int:
     result = ensemble(args.paths, by=args.by)
     out = args.out or _default_out(args.paths, "ensemble")
     files = result.write(out)
-    from regbench.compare import files_line
+    from regbench.tables import files_line
 
     print(result.text())
     print("\n" + files_line(files))

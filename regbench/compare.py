@@ -1,18 +1,8 @@
-"""`regbench compare`: read run records from anywhere, group them, aggregate over seeds, test against a
-baseline, and write the summary as a terminal table, tidy CSV, Markdown and LaTeX.
+"""`regbench compare`: the runs (runs.py) grouped and aggregated over seeds, tested against a baseline, and
+written as a terminal table, tidy CSV, Markdown and LaTeX (tables.py).
 
-Only the run records are read (metrics.json, results.csv, history.csv), never the code that made
-them, so runs from different days, machines and regbench versions can be compared. Statistics come
-from scipy (Student-t intervals, paired and Welch t-tests); tables from pandas.
-
-What makes a group: runs are grouped by the resolved values of every key of their identity (the
-record's `config`: the run id's keys), minus the seed, which is what a group averages over, and minus
-`paths.*` (where the data lives differs between machines that ran the same experiment). A group is
-labelled by the keys whose values differ between the runs of a task, with their real values; a config
-group whose `name` decides all its differing keys shows as that name (`regularizer`, `optimizer`).
-Every run counts once: attempts of one run id (a re-run that reused it, an interrupted attempt that a
-later one completed) are one run, its latest attempt. Records written before the `config` key existed
-are grouped by their names and command-line overrides, as regbench did then."""
+Statistics come from statistics.py (Student-t intervals, paired and Welch t-tests, Holm, bootstrap); the
+rules of grouping, from runs.py; the findings in sentences, from findings.py."""
 from __future__ import annotations
 
 import math
@@ -22,20 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
-from regbench.errors import RegbenchError
+from regbench.errors import CompareError
 from regbench.fileio import write_csv_atomic, write_text_atomic
-from regbench.findings import format_p
-from regbench.record import ADDED_KEYS, COSMETIC_KEYS, METRICS_FILE, STATUSES, flatten, legacy_direction
-from regbench.results import RESULTS_FILE, run_row, sweep_rows
-from regbench.statistics import CONFIDENCE, bootstrap_interval, difference, holm, mean_interval
+from regbench.record import STATUSES, legacy_direction
+from regbench.runs import canonical, key_values, label_keys, load_runs, metric_columns
+from regbench.statistics import bootstrap_interval, difference, holm, mean_interval
+from regbench.tables import TERMINAL_WIDTH, display_table, plural, to_latex
 
-CONFIG = "config."  # the record's resolved identity, flattened into results.csv columns
-# Always part of a group of records without `config`; other overridden keys join when their value varies.
-BASE_KEYS = ("task", "model", "regularizer", "optimizer")
-NOT_GROUPED = ("seed", *COSMETIC_KEYS)
-NOT_GROUPED_PREFIXES = ("hydra.", "paths.", "logger.")
+__all__ = ["CompareError", "Comparison", "compare", "summarise"]
+
 DEFAULT_BASELINE = "regularizer=none"
 SUMMARY_NAME = "summary"  # summary.csv / summary.md / summary.tex
 
@@ -45,228 +31,6 @@ COST_COLUMNS = (("params", "params", "first"), ("params_trainable", "params_trai
                 ("peak_memory_bytes", "peak_memory_mib", "mean"), ("latency_s_per_batch", "latency_ms", "mean"),
                 ("gap", "gap", "mean"), ("best_epoch", "best_epoch", "mean"))
 
-
-class CompareError(RegbenchError):
-    """Nothing to compare, or an option that does not fit the runs; the message says what would."""
-
-
-# -- reading ---------------------------------------------------------------------------------------
-def load_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """One row per run from any mix of sweep directories, run directories and results.csv files.
-
-    Each row keeps `run_path`, the run's directory (for history.csv) when it can be located, and
-    `source`, the input it came from. Each run counts once: a run reached twice (a sweep dir and its
-    results.csv) or attempted twice (the same run id) is its latest attempt; `runs.attrs["duplicates"]`
-    says how many rows that dropped."""
-    frames = []
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if path.is_file() and path.suffix == ".csv":
-            frame = pd.read_csv(path, dtype={"run_dir": str})
-            if "run_dir" in frame:
-                frame["run_path"] = [str((path.parent / d).resolve()) if isinstance(d, str) else None
-                                     for d in frame["run_dir"]]
-        elif (path / METRICS_FILE).is_file():
-            frame = pd.DataFrame([run_row(path, path)])
-            frame["run_path"] = str(path.resolve())
-        elif path.is_dir():
-            frame = pd.DataFrame(list(sweep_rows(path)))
-            if not frame.empty:
-                frame["run_path"] = [str((path / d).resolve()) for d in frame["run_dir"]]
-        else:
-            raise CompareError(f"{raw}: no such sweep directory, run directory or results.csv "
-                               f"(give directories that hold {METRICS_FILE} files, or {RESULTS_FILE} files)")
-        if frame.empty:
-            raise CompareError(f"{raw}: no run records found (no {METRICS_FILE} below it, or an empty CSV)")
-        frame["source"] = str(raw)
-        frames.append(frame)
-    runs = pd.concat(frames, ignore_index=True, sort=False)
-    if "status" not in runs:
-        raise CompareError("the inputs hold no 'status' column: they are not regbench run records")
-    before = len(runs)
-    runs = _each_run_once(runs)
-    runs = with_configs(runs)
-    runs.attrs["duplicates"] = before - len(runs)
-    return runs
-
-
-def _each_run_once(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: the same directory read twice counts once, and of the attempts of one run id
-    (a reused copy, an interrupted attempt and the one that completed it) the latest counts."""
-    if "run_path" in runs:
-        known = runs["run_path"].notna()
-        runs = pd.concat([runs[known].drop_duplicates("run_path", keep="last"), runs[~known]], ignore_index=True)
-    if "run_id" not in runs:
-        return runs.reset_index(drop=True)
-    keyed = runs["run_id"].notna()
-    order = [c for c in ("started_at", "finished_at") if c in runs]
-    latest = runs[keyed].sort_values(order, kind="stable", na_position="first") if order else runs[keyed]
-    latest = latest.drop_duplicates("run_id", keep="last")
-    return pd.concat([latest, runs[~keyed]]).sort_index().reset_index(drop=True)
-
-
-def with_configs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Records written before `config` existed: the resolved identity from the run's .hydra/config.yaml,
-    where the run directory is at hand."""
-    columns = _identity_columns(runs)
-    missing = runs[columns].isna().all(axis=1) if columns else pd.Series(True, index=runs.index)
-    if "run_path" not in runs or not missing.any():
-        return _with_added_keys(runs)
-    rows = {}
-    for index in runs.index[missing]:
-        path = runs.at[index, "run_path"]
-        config = Path(path) / ".hydra" / "config.yaml" if isinstance(path, str) else None
-        if config is not None and config.is_file():
-            loaded = OmegaConf.to_container(OmegaConf.load(config), resolve=False) or {}
-            rows[index] = flatten({k: v for k, v in loaded.items() if k != "hydra"}, CONFIG)
-    if not rows:
-        return _with_added_keys(runs)
-    extra = pd.DataFrame.from_dict(rows, orient="index")
-    runs = runs.combine_first(extra)[list(runs.columns) + [c for c in extra.columns if c not in runs.columns]]
-    return _with_added_keys(runs)
-
-
-def _with_added_keys(runs: pd.DataFrame) -> pd.DataFrame:
-    """A run recorded without a key added since (or at its off value, which its identity leaves out) has
-    that key at its off value: `regularizer.label_smoothing` reads 0, not `-`, beside runs that set it."""
-    columns = _identity_columns(runs)
-    if not columns:
-        return runs
-    described = runs[columns].notna().any(axis=1)  # runs whose identity is known at all
-    for key, off in ADDED_KEYS.items():
-        column = CONFIG + key
-        if column in runs:  # element by element: an off value may be a list (trainer.compression.prune)
-            runs[column] = [off if known and _missing(value) else value
-                            for value, known in zip(runs[column].tolist(), described)]
-    return runs
-
-
-def _identity_columns(runs: pd.DataFrame) -> list[str]:
-    """The config.* columns that make runs different experiments (not the seed, not where files go)."""
-    out = []
-    for column in runs.columns:
-        if not column.startswith(CONFIG):
-            continue
-        key = column[len(CONFIG):]
-        if key in NOT_GROUPED or key.startswith(NOT_GROUPED_PREFIXES):
-            continue
-        out.append(column)
-    return out
-
-
-def overridden_keys(runs: pd.DataFrame) -> list[str]:
-    """Keys set on the command line of any run, in first-seen order (from the `overrides` column)."""
-    keys: list[str] = []
-    for line in runs.get("overrides", pd.Series(dtype=object)).dropna():
-        for item in str(line).split():
-            key = item.partition("=")[0]
-            if key and key not in keys:
-                keys.append(key)
-    return keys
-
-
-def _canonical(value) -> str:
-    """One spelling per value, whether it came from JSON ("0.005"), CSV (0.005) or a missing cell."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if isinstance(value, bool) or str(value).lower() in ("true", "false"):
-        return str(value).lower()
-    return str(int(number)) if number.is_integer() and "e" not in str(value).lower() else repr(number)
-
-
-def _task_of(runs: pd.DataFrame) -> pd.Series:
-    for column in (f"{CONFIG}task.name", "task"):
-        if column in runs:
-            return runs[column].map(_canonical)
-    return pd.Series("-", index=runs.index)
-
-
-def _described_by_config(runs: pd.DataFrame) -> bool:
-    columns = _identity_columns(runs)
-    return bool(columns) and not runs[columns].isna().all(axis=1).any()
-
-
-def label_keys(runs: pd.DataFrame) -> list[str]:
-    """The keys that tell this comparison's groups apart: `task`, then every identity key whose value
-    differs between the runs of a task, a config group shown by its name when the name decides them."""
-    if not _described_by_config(runs):
-        return _legacy_keys(runs)
-    columns = _identity_columns(runs)
-    canon = runs[columns].apply(lambda column: column.map(_canonical))
-    task = _task_of(runs)
-    varying = [c for c in columns if canon.groupby(task)[c].nunique().max() > 1]
-    keys = ["task"] if "task" in runs or f"{CONFIG}task.name" in runs else []
-    for group in dict.fromkeys(c[len(CONFIG):].split(".")[0] for c in varying):
-        members = [c for c in varying if c[len(CONFIG):].split(".")[0] == group]
-        name = f"{CONFIG}{group}.name"
-        decided = []
-        if name in columns:  # what the group's name decides within each task is shown as the name
-            by_name = canon.groupby([task, canon[name]])
-            decided = [c for c in members if c == name or by_name[c].nunique().max() <= 1]
-            if name in members and group != "task":
-                keys.append(group)
-        keys += [c[len(CONFIG):] for c in members if c not in decided]
-    return _without_decided_code(keys, canon, task)
-
-
-def _without_decided_code(keys: list[str], canon: pd.DataFrame, task: pd.Series) -> list[str]:
-    """The `code.*` keys (hashes of a user's source files) only where they tell groups apart that the other
-    keys do not: a regularizer.extra entry that differs already names the other code."""
-    code = [k for k in keys if k.startswith("code.")]
-    others = [k for k in keys if not k.startswith("code.")]
-    if not code or others == ["task"] or not others:
-        return keys
-
-    def column(key: str) -> pd.Series:
-        if key == "task":
-            return task
-        return canon[f"{CONFIG}{key}.name"] if f"{CONFIG}{key}.name" in canon else canon[f"{CONFIG}{key}"]
-
-    parts = [column(k) for k in others]
-    needed = [k for k in code if canon.groupby(parts)[f"{CONFIG}{k}"].nunique().max() > 1]
-    return [k for k in keys if not k.startswith("code.") or k in needed]
-
-
-def _legacy_keys(runs: pd.DataFrame) -> list[str]:
-    keys = [k for k in BASE_KEYS if k in runs.columns and (k == "task" or runs[k].map(_canonical).nunique() > 1)]
-    for key in overridden_keys(runs):
-        if key in keys or key in NOT_GROUPED or key.startswith(NOT_GROUPED_PREFIXES) or key not in runs.columns:
-            continue
-        if runs[key].map(_canonical).nunique() > 1:
-            keys.append(key)
-    return keys
-
-
-def key_values(runs: pd.DataFrame, key: str) -> pd.Series:
-    """A grouping key's value for every run: a config group's name (`regularizer`), a config key
-    (`optimizer.lr`), or any other column of the records; canonical spellings."""
-    for column in (f"{CONFIG}{key}.name", f"{CONFIG}{key}", key):
-        if column in runs:
-            if column == f"{CONFIG}task.name" and runs[column].isna().any() and "task" in runs:
-                return runs[column].fillna(runs["task"]).map(_canonical)
-            return runs[column].map(_canonical)
-    options = ", ".join(dict.fromkeys(label_keys(runs) + list(BASE_KEYS)))
-    raise CompareError(f"--by {key}: no such key in the run records; choose from {options}, any config key "
-                       "(e.g. optimizer.lr) or any column of results.csv")
-
-
-def metric_columns(runs: pd.DataFrame, metric: str | None) -> pd.Series:
-    """The metric column each run is judged on: `test.<its task's primary metric>` by default."""
-    if metric is None:
-        if "primary_metric" not in runs:
-            raise CompareError("the run records name no primary metric: pass --metric (e.g. --metric test.accuracy)")
-        return runs["primary_metric"].map(lambda m: f"test.{m}" if isinstance(m, str) else None)
-    name = metric if "." in metric else f"test.{metric}"
-    if name not in runs.columns:
-        available = sorted(c for c in runs.columns if c.split(".")[0] in ("test", "val", "train") and
-                           pd.api.types.is_numeric_dtype(runs[c]))
-        raise CompareError(f"--metric {metric}: no column {name!r} in the run records; available: "
-                           f"{', '.join(available) or '(none)'}")
-    return pd.Series(name, index=runs.index)
 
 
 def _higher_is_better(rows: pd.DataFrame, metric: str) -> bool:
@@ -380,8 +144,8 @@ def _parse_baseline(baseline: str | None, keys: Sequence[str],
     if key not in keys:
         raise CompareError(f"--baseline {baseline}: {key!r} is not one of the grouping keys ({', '.join(keys)}); "
                            "add it with --by or pick another baseline")
-    value = _canonical(value)
-    present = list(dict.fromkeys(runs[key].map(_canonical)))
+    value = canonical(value)
+    present = list(dict.fromkeys(runs[key].map(canonical)))
     if value not in present:
         raise CompareError(f"--baseline {baseline}: no group has {key}={value}; the groups have {key} = "
                            f"{', '.join(present)}")
@@ -442,109 +206,6 @@ def _rank(summary: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 
 
 # -- presentation ----------------------------------------------------------------------------------
-TERMINAL_WIDTH = 100  # what regbench prints fits a terminal this wide (wider tables wrap into blocks)
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and not math.isfinite(value))
-
-
-def fmt(value, digits: int = 4) -> str:
-    """A number for a table: fixed point, or scientific when fixed point would be unreadable (a diverged
-    loss of 2.9e26, a tiny p); "–" for a missing or non-finite value."""
-    if _missing(value):
-        return "–"
-    value = float(value)
-    if value != 0 and (abs(value) >= 1e6 or (digits >= 3 and abs(value) < 10 ** -digits)):
-        return f"{value:.{max(digits - 1, 1)}e}"
-    return f"{value:.{digits}f}"
-
-
-def _count(value) -> str:
-    if _missing(value):
-        return "–"
-    value = float(value)
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f}{unit}"
-    return f"{value:.0f}"
-
-
-def _p(p: float, test: str) -> str:
-    if test == "no spread":
-        return "– (no spread)"
-    if not test or _missing(p):
-        return "–"
-    return format_p(p)
-
-
-def _delta(row: dict, base_key: str, base_value: str) -> str:
-    if row[base_key] == base_value:
-        return "(baseline)"
-    if _missing(row["delta"]):
-        return "–"
-    if _missing(row["delta_ci_low"]):
-        return f"{row['delta']:+.4f}"
-    return f"{row['delta']:+.4f} [{row['delta_ci_low']:+.4f}, {row['delta_ci_high']:+.4f}]"
-
-
-def _problems(summary: pd.DataFrame) -> list[str]:
-    return [", ".join([f"{int(row[s])} {s}" for s in STATUSES[1:] if row[s]] +
-                      ([f"{int(row['repeated_seeds'])} repeated seed"] if row["repeated_seeds"] else []))
-            for _, row in summary.iterrows()]
-
-
-def display_table(summary: pd.DataFrame, keys: Sequence[str], baseline: str | None = None,
-                  wide: bool = False, bootstrap: int = 0) -> pd.DataFrame:
-    """The human-readable table. The compact one (what the terminal and the report show, about 100
-    characters): the keys, n, mean ± CI, the difference to the baseline with its CI, p; `wide` adds the
-    metric, rank, std, min–max and the cost columns."""
-    table = pd.DataFrame()
-    for key in keys:
-        table[key] = summary[key]
-    if wide or summary["metric"].dropna().nunique() > 1:  # tasks of different metrics: each row names its own
-        table["metric"] = summary["metric"].map(lambda m: m if isinstance(m, str) else "–")
-    if wide:
-        table["rank"] = summary["rank"]
-    table["n"] = [f"{n}/{r}" for n, r in zip(summary["n"], summary["runs"])]
-    table["mean ± 95% CI"] = [f"{fmt(m)} ± {fmt((h - lo) / 2)}" if not _missing(lo) else fmt(m)
-                              for m, lo, h in zip(summary["mean"], summary["ci_low"], summary["ci_high"])]
-    if bootstrap:
-        table[f"95% bootstrap CI ({bootstrap})"] = [f"[{fmt(lo)}, {fmt(h)}]" if not _missing(lo) else "–"
-                                                   for lo, h in zip(summary["boot_ci_low"], summary["boot_ci_high"])]
-    if wide:
-        table["std"] = summary["std"].map(fmt)
-        table["min–max"] = [f"{fmt(a)}–{fmt(b)}" if not _missing(a) else "–" for a, b in zip(summary["min"], summary["max"])]
-    if summary["baseline"].astype(bool).any():
-        base_key, _, base_value = baseline.partition("=")
-        base_value = _canonical(base_value)
-        table[f"Δ vs {baseline} [95% CI]"] = [_delta(row, base_key, base_value) for row in summary.to_dict("records")]
-        table["p"] = [_p(p, t) if not wide or not t or t == "no spread" else f"{_p(p, t)} ({t})"
-                      for p, t in zip(summary["p_value"], summary["test"])]
-        table["p (Holm)"] = [_p(p, t) if t != "no spread" else "–" for p, t in zip(summary["p_holm"], summary["test"])]
-        if bootstrap:
-            table["Δ bootstrap CI"] = [f"[{lo:+.4f}, {h:+.4f}]" if not _missing(lo) else "–"
-                                       for lo, h in zip(summary["delta_boot_low"], summary["delta_boot_high"])]
-    if wide:
-        table["params"] = summary["params"].map(_count)
-        table["FLOPs/ex"] = summary["flops_per_example"].map(_count)
-        table["train s"] = summary["train_time_s"].map(lambda v: fmt(v, 1))
-        table["peak MiB"] = summary["peak_memory_mib"].map(lambda v: fmt(v, 0))
-        table["gap"] = summary["gap"].map(fmt)
-        if summary["contended"].any():
-            table["contended"] = [f"{c}/{n}" if c else "" for c, n in zip(summary["contended"], summary["n"])]
-    problems = _problems(summary)
-    if any(problems):
-        table["not averaged"] = [p or "" for p in problems]
-    return table
-
-
-def to_latex(table: pd.DataFrame) -> str:
-    return table.to_latex(index=False, escape=True).replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
 @dataclass
 class Comparison:
     runs: pd.DataFrame
@@ -562,13 +223,13 @@ class Comparison:
         metrics = ", ".join(dict.fromkeys(m for m in self.summary["metric"] if isinstance(m, str)))
         tests = set(self.summary.get("test", pd.Series(dtype=object))) - {""}
         duplicates = self.runs.attrs.get("duplicates", 0)
-        line = (f"{_plural(len(self.runs), 'run')} in {_plural(len(self.summary), 'group')} ({', '.join(parts)}); "
+        line = (f"{plural(len(self.runs), 'run')} in {plural(len(self.summary), 'group')} ({', '.join(parts)}); "
                 f"metric: {metrics or '–'}; only completed runs are averaged; grouped by {', '.join(self.keys)}")
         if duplicates:
-            line += f"; {_plural(duplicates, 'repeated record')} of the same runs counted once"
+            line += f"; {plural(duplicates, 'repeated record')} of the same runs counted once"
         contended = int(self.summary["contended"].sum()) if "contended" in self.summary else 0
         if contended:
-            line += (f"; costs of {_plural(contended, 'run')} measured under contention (other processes took "
+            line += (f"; costs of {plural(contended, 'run')} measured under contention (other processes took "
                      "CPUs they needed: their times are not the regimen's; see the contended column)")
         if tests & {"paired t", "Welch t"}:
             line += "; p: paired t-test over seeds" + (" (Welch's t where the seeds differ)" if "Welch t" in tests
@@ -613,20 +274,6 @@ class Comparison:
         write_text_atomic(files[2], to_latex(self.table))
         return files
 
-
-def files_line(files: Sequence[Path], verb: str = "wrote") -> str:
-    """"wrote 13 files in DIR: a.csv, b.md, ..." folded at TERMINAL_WIDTH (it was one 800-column line)."""
-    import os
-    import textwrap
-
-    files = [Path(f) for f in files]
-    if not files:
-        return f"{verb} nothing"
-    folder = Path(os.path.commonpath([str(f.parent) for f in files])) if len(files) > 1 else files[0].parent
-    names = ", ".join(f.relative_to(folder).as_posix() for f in files)
-    line = f"{verb} {_plural(len(files), 'file')} in {folder}: {names}"
-    return textwrap.fill(line, TERMINAL_WIDTH, subsequent_indent="  ", break_on_hyphens=False,
-                         break_long_words=False)
 
 
 def compare(paths: Iterable[str | Path], by: Sequence[str] | None = None, metric: str | None = None,

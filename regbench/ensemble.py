@@ -23,7 +23,9 @@ import torch
 
 from regbench import metrics, ranking
 from regbench.calibration import calibration
-from regbench.compare import TERMINAL_WIDTH, CompareError, key_values, label_keys, load_runs
+from regbench.errors import CompareError
+from regbench.runs import key_values, label_keys, load_runs
+from regbench.tables import TERMINAL_WIDTH
 from regbench.fileio import write_csv_atomic, write_text_atomic
 from regbench.record import TEST_OUTPUTS_FILE, legacy_direction, read_test_outputs
 

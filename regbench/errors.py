@@ -11,3 +11,7 @@ class ConfigError(RegbenchError):
 
 class DataError(RegbenchError):
     """A dataset is missing or malformed; the message names the files and the directory searched."""
+
+
+class CompareError(RegbenchError):
+    """Nothing to compare, or an option that does not fit the runs; the message says what would."""

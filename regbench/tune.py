@@ -550,7 +550,8 @@ def _tune(argv: list[str]) -> int:
     import json
     import multiprocessing
 
-    from regbench.compare import compare, files_line
+    from regbench.compare import compare
+    from regbench.tables import files_line
     from regbench.fileio import write_text_atomic
     from regbench.preflight import merge_overrides
 

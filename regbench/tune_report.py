@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from regbench.budget import budget_curve
-from regbench.compare import fmt
+from regbench.tables import fmt
 from regbench.statistics import difference, mean_interval
 from regbench.fileio import write_csv_atomic, write_text_atomic
 

@@ -242,7 +242,7 @@ def test_a_baseline_no_group_has_is_refused_with_the_groups_there_are(tmp_path):
 
 
 def test_numbers_stay_readable(tmp_path):
-    from regbench.compare import fmt
+    from regbench.tables import fmt
 
     assert fmt(288563671923635528178597888.0) == "2.886e+26" and fmt(float("nan")) == "–" and fmt(0.1234567) == "0.1235"
     sweep = make_sweep(tmp_path / "s", {"none": [0.5, 0.6, 0.7], "bn": [0.6, 0.7, 0.8]})  # every seed +0.1

@@ -11,6 +11,7 @@ from regbench import compare, runner
 from regbench.compression import compressible, int8_weights, pruned, zeroed_fraction
 from regbench.errors import ConfigError
 from regbench.validation import validate
+from regbench.runs import load_runs
 
 
 def model() -> nn.Module:
@@ -56,7 +57,7 @@ def test_a_run_records_compressed_metrics_that_compare_aggregates(small_cfg, tmp
     assert compression["prune@0"]["accuracy"] == record["test"]["accuracy"]  # pruning at 0 changes nothing
     assert compression["prune@0.9"]["zeroed"] == pytest.approx(0.9, abs=1e-3)
     assert 0 < compression["int8"]["size_bytes"] < record["model_size_bytes"]
-    runs = compare.load_runs([tmp_path / "run"])
+    runs = load_runs([tmp_path / "run"])
     assert runs.loc[0, "compression.prune@0.9.accuracy"] == compression["prune@0.9"]["accuracy"]
     result = compare.compare([tmp_path / "run"], metric="compression.int8.accuracy")
     assert result.summary.loc[0, "mean"] == compression["int8"]["accuracy"]

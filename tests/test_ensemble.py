@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from regbench.compare import CompareError
+from regbench.errors import CompareError
 from regbench.ensemble import ensemble
 from test_compare import write_run
 

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from regbench import checks
 from regbench.data import cifar10 as cifar10_data
-from regbench.tasks.images import ImageArrays, ImageClassificationTask, balanced_order  # noqa: F401 (re-exported)
+from regbench.tasks.images import ImageArrays, ImageClassificationTask
 
 
 class Cifar10Task(ImageClassificationTask):
