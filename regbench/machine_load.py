@@ -8,9 +8,12 @@ less this process's own, divided by the wall time. A run is contended when those
 own threads exceed the CPUs it may use."""
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 CONTENTION_MARGIN = 0.25  # CPUs of others' work tolerated beyond the free ones (a shell, a log writer)
 
@@ -79,6 +82,14 @@ class LoadWatch:
         return {"cpus": self.cpus, "threads": self.threads, "loadavg_start": self.loadavg_start, "loadavg_end": end,
                 "other_cpus": None if other is None else round(other, 2), "contended": is_contended(other, loads, self.threads, self.cpus),
                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+
+    def finish(self) -> dict:
+        """The summary for the run's record, with a warning in the log when the run was contended."""
+        summary = self.summary()
+        if summary["contended"]:
+            log.warning("other processes kept %s of the %d CPUs this run could use busy while it ran: its times "
+                        "are flagged as measured under contention", summary["other_cpus"], summary["cpus"])
+        return summary
 
 
 def is_contended(other_cpus: float | None, loadavgs: list[float], threads: int, cpus: int) -> bool:

@@ -1,67 +1,35 @@
 """One run, from a composed config to its record on disk: reuse or resume an earlier attempt, build the
-task, the regimen and the model, measure the costs, train (regbench.loop), test, and write the record
-whatever happens. Signals stop a run cleanly between two steps. It never names a task."""
+task, the regimen and the model, measure the costs, train (regbench.loop), assess the best weights
+(regbench.assessment), and write the record whatever happens. Signals stop a run cleanly between two
+steps (regbench.signals). It never names a task."""
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from regbench import checkpoints, code_identity, complexity, contract, distributed, gradients, loop, tracking
-from regbench.calibration import calibration
-from regbench.compression import compression_results
-from regbench.optim import build_optimizer, optimizer_name
-from regbench.provenance import git_state, host, versions
+from regbench import checkpoints, code_identity, complexity, distributed, gradients, loop, tracking
+from regbench.assembly import Built, assemble
+from regbench.assessment import assess
 from regbench.errors import RegbenchError
-from regbench.hooks import build_extras
 from regbench.launchers import available_cpus
 from regbench.machine_load import LoadWatch
-from regbench.record import (TEST_OUTPUTS_FILE, RecordWriter, RunRecord, Status, flatten, read_history,
-                             write_test_outputs)
-from regbench.regimen import Regimen, regularizer_presets
+from regbench.optim import optimizer_name
+from regbench.provenance import git_state, host, versions
+from regbench.record import TEST_OUTPUTS_FILE, RecordWriter, RunRecord, Status, read_history
+from regbench.regimen import Regimen
+from regbench.signals import RunInterrupted, StopSignals
 from regbench.validation import validate
 
+__all__ = ["Run", "RunInterrupted", "run"]
+
 log = logging.getLogger(__name__)
-
-
-class RunInterrupted(Exception):
-    """SIGTERM or SIGINT stopped the run between two steps; the last finished epoch's checkpoint stays."""
-
-    def __init__(self, signum: int | None, epoch: int, run_dir: Path, handoff: Any = None) -> None:
-        name = signal.Signals(signum).name if signum else "a signal"
-        handoff = handoff if signum == signal.SIGUSR2 else None
-        again = ("the scheduler requeues the job, which resumes from" if handoff else
-                 "run the same command again to resume from")
-        last = run_dir / checkpoints.CHECKPOINT_DIR / checkpoints.LAST_CHECKPOINT
-        super().__init__(f"stopped by {name} during epoch {epoch}; {again} {last} (if an epoch had finished)")
-        self.signum = signum or signal.SIGTERM
-        # Called with (signum, None) after the record is written: submitit then checkpoints and requeues.
-        self.handoff = handoff
-
-
-@dataclass
-class Built:
-    """What a run trains, built before its record says `running` (a bad extra is refused with no record)."""
-
-    task: Any
-    regimen: Regimen
-    model: torch.nn.Module
-    generator: torch.Generator
-    device: torch.device
-    extras: list[Any]  # the regularizer.extra objects (regbench.hooks)
-    optimizer: tuple[Any, Any] | None  # optim.build_optimizer's pair; None for a model with nothing to train
 
 
 class Run(loop.FitHooks):
@@ -87,8 +55,7 @@ class Run(loop.FitHooks):
             host=host(), started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             overrides=overrides or {})
         self.history: list[dict[str, Any]] = []
-        self.stop_signal: int | None = None  # set by SIGTERM/SIGINT/SIGUSR2; the loop stops at the next step
-        self.handoff: Any = None  # a scheduler wrapper's SIGUSR2 handler, called once the record is written
+        self.signals = StopSignals()  # SIGTERM/SIGINT/SIGUSR2 stop the loop at the next step
         self.device: torch.device | None = None
         self.training: loop.Training | None = None
         self.load: LoadWatch | None = None  # started once the run has its threads
@@ -138,7 +105,7 @@ class Run(loop.FitHooks):
             checkpoints.remember(self.cfg, rid, self.run_dir)
         self.writer.write(self.record)  # status "running": a killed run is visible to compare and findable
         try:
-            with self._stop_on_signals():
+            with self.signals.watching():
                 self._train(built, earlier.checkpoint if earlier is not None else None)
         except BaseException as err:  # record every way a run can end, then let the caller decide
             self._record_failure(err)
@@ -171,11 +138,7 @@ class Run(loop.FitHooks):
     def _finish(self) -> None:
         self.record.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if self.load is not None:
-            self.record.load = self.load.summary()
-            if self.record.load["contended"]:
-                log.warning("other processes kept %s of the %d CPUs this run could use busy while it ran: its times "
-                            "are flagged as measured under contention", self.record.load["other_cpus"],
-                            self.record.load["cpus"])
+            self.record.load = self.load.finish()
         self.writer.write_history(self.history)
         self.writer.write(self.record)
         if Status(self.record.status).final and self.ranks.is_main:
@@ -185,40 +148,9 @@ class Run(loop.FitHooks):
                             self.record.to_dict())
         self.trackers = []
 
-    @contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """SIGTERM (`kill`, `scancel`) and SIGINT (Ctrl-C) ask the loop to stop at the next step; a second
-        Ctrl-C stops at once. Under a job-scheduler wrapper that owns a signal (submitit: SIGUSR2 means
-        "time limit or pre-emption: checkpoint and requeue", SIGTERM is ignored) the run stops on SIGUSR2
-        too, writes its record, and RunInterrupted.handoff passes the signal on so the wrapper requeues it."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def ask_to_stop(signum: int, frame: Any) -> None:
-            if self.stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self.stop_signal = signum
-            log.warning("%s received: stopping after this step (the last finished epoch's checkpoint stays)",
-                        signal.Signals(signum).name)
-
-        owned = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR2)}
-        ours = [signal.SIGINT]
-        if not callable(owned[signal.SIGTERM]):   # submitit installs a handler that ignores SIGTERM: keep it
-            ours.append(signal.SIGTERM)
-        if callable(owned[signal.SIGUSR2]):       # submitit's checkpoint-and-requeue
-            ours.append(signal.SIGUSR2)
-            self.handoff = owned[signal.SIGUSR2]
-        previous = {sig: signal.signal(sig, ask_to_stop) for sig in ours}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
     # -- loop hooks ----------------------------------------------------------------------------------
     def should_stop(self) -> bool:
-        return self.stop_signal is not None
+        return self.signals.asked
 
     def on_best(self, state: loop.FitState) -> None:
         self.record.best_epoch, self.record.val = state.best_epoch, state.val
@@ -242,33 +174,12 @@ class Run(loop.FitHooks):
 
     # -- the run -------------------------------------------------------------------------------------
     def _build(self, regimen: Regimen) -> Built:
-        """Device, threads, the task's data, the model for the validated `regimen` and the regularizer.extra
-        objects, with their facts in the record."""
-        cfg, record = self.cfg, self.record
+        """The run's threads (the load watch counts against them), then everything it trains (assembly.py)."""
         if self.threads:
             torch.set_num_threads(int(self.threads))
-        record.threads = torch.get_num_threads()
-        self.load = LoadWatch.start(available_cpus(), record.threads)
-        device = self.device or loop.resolve_device(cfg.trainer.device)
-        record.device = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
-        record.precision = "bf16" if loop.uses_bf16(cfg.trainer.precision, device) else "fp32"
-        complexity.reset_peak_memory(device)
-        task, regimen, model, generator = loop.build(cfg, device, regimen)
-        record.primary_metric, record.higher_is_better = task.primary_metric, task.higher_is_better
-        record.losses, record.data = task.loss_names(), task.data_summary()
-        if self.ranks.active:
-            record.distributed["sync_batchnorm_layers"] = distributed.sync_batchnorm(model)
-            torch.manual_seed(cfg.seed + self.ranks.rank)  # dropout masks differ per rank; DDP copies rank 0's weights
-        for key, value in complexity.model_costs(model, task.example_input()).items():
-            setattr(record, key, value)
-        contract.check_model_output(task, model)
-        record.model_own_regularization = contract.check_own_regularization(cfg, model, regimen, regularizer_presets())
-        if contract.is_users_task(task):  # its evaluate() and test_outputs() before the first epoch, not after
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                contract.precheck_users_task(task, model, loop.evaluate)
-        trains = any(p.requires_grad for p in model.parameters())  # the popularity baseline has nothing to train
-        return Built(task, regimen, model, generator, device, build_extras(cfg),
-                     build_optimizer(cfg, model, regimen) if trains else None)
+        self.record.threads = torch.get_num_threads()
+        self.load = LoadWatch.start(available_cpus(), self.record.threads)
+        return assemble(self.cfg, regimen, self.record, self.ranks, self.device)
 
     def _train(self, built: Built, resume_from: Path | None) -> None:
         cfg, record = self.cfg, self.record
@@ -287,33 +198,7 @@ class Run(loop.FitHooks):
             return
         if best_state is not None:
             model.load_state_dict(best_state)
-            t1 = time.perf_counter()
-            record.test = loop.evaluate(task, model, "test")
-            outputs = task.test_outputs()
-            contract.check_test_outputs(task, outputs)
-            if outputs is not None and str(outputs.get("kind", "classification")) == "classification" \
-                    and "nll" not in record.test:  # calibration for every classifier, not only the built-in tasks
-                record.test.update(calibration(np.asarray(outputs["probs"]), np.asarray(outputs["labels"])))
-            record.metric_directions = {m: task.higher_is_better_for(m) for m in flatten(record.test)
-                                        if not m.startswith("per_type.")}
-            record.train = loop.evaluate(task, model, "train")
-            record.eval_time_s = round(record.eval_time_s + time.perf_counter() - t1, 3)
-            record.gap = record.train[task.primary_metric] - record.test[task.primary_metric]
-            task.write_outputs(self.run_dir)
-            self._write_test_outputs(task)
-            ccfg = cfg.trainer.compression
-            if ccfg.prune or ccfg.int8:  # after write_outputs: test_outputs.npz is the uncompressed model's
-                t1 = time.perf_counter()
-                record.compression = compression_results(model, [float(f) for f in ccfg.prune], bool(ccfg.int8),
-                                                         lambda m: loop.evaluate(task, m, "test"))
-                record.eval_time_s = round(record.eval_time_s + time.perf_counter() - t1, 3)
-            lcfg = cfg.trainer.latency
-            autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=record.precision == "bf16")
-            for key, value in complexity.latency(model, task.example_input(), device, autocast,
-                                                 batch_size=int(lcfg.batch_size or cfg.trainer.eval_batch_size),
-                                                 warmup=int(lcfg.warmup), repeats=int(lcfg.repeats),
-                                                 max_seconds=float(lcfg.max_seconds)).items():
-                setattr(record, key, value)
+            assess(cfg, task, model, device, record, self.run_dir)
         best = self.run_dir / checkpoints.CHECKPOINT_DIR / checkpoints.BEST_CHECKPOINT
         if best.exists():
             record.checkpoint_bytes = best.stat().st_size
@@ -321,17 +206,6 @@ class Run(loop.FitHooks):
         if record.status == Status.RUNNING:
             record.status = Status.COMPLETED
         record.peak_memory_bytes, record.peak_memory_kind = complexity.peak_memory(device)
-
-    def _write_test_outputs(self, task) -> None:
-        outputs = task.test_outputs() if self.cfg.trainer.test_outputs else None
-        if outputs is None:
-            return
-        size_mb = sum(np.asarray(v).nbytes for v in outputs.values()) / 2**20
-        if size_mb > self.cfg.trainer.test_outputs_max_mb:
-            log.warning("test_outputs.npz not written: it would be %.0f MB, over trainer.test_outputs_max_mb=%s",
-                        size_mb, self.cfg.trainer.test_outputs_max_mb)
-            return
-        write_test_outputs(self.run_dir, outputs)
 
     def _fit(self, built: Built, resume_from: Path | None) -> dict[str, torch.Tensor] | None:
         """Train with validation after every epoch (resuming from `resume_from` when given); returns the
@@ -359,7 +233,7 @@ class Run(loop.FitHooks):
             state.eval_time_s
         record.compile_time_s = training.compile_time_s
         if state.interrupted_in is not None:
-            raise RunInterrupted(self.stop_signal, state.interrupted_in, self.run_dir, self.handoff)
+            raise self.signals.interrupted(state.interrupted_in, self.run_dir)
         if state.diverged:
             record.status = Status.DIVERGED
         if self.pruned and not state.diverged:  # not a finished result: nothing is tested

@@ -1,0 +1,76 @@
+"""Stopping a run cleanly: SIGTERM (`kill`, `scancel`) and SIGINT (Ctrl-C) ask the training loop to stop at
+the next step, so the record and the last finished epoch's checkpoint are written; a second Ctrl-C stops
+at once. Under a job-scheduler wrapper that owns a signal (submitit: SIGUSR2 means "time limit or
+pre-emption: checkpoint and requeue", SIGTERM is ignored) the run stops on SIGUSR2 too, and
+RunInterrupted.handoff passes the signal on once the record is written, so the wrapper requeues it."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from regbench import checkpoints
+
+log = logging.getLogger(__name__)
+
+
+class RunInterrupted(Exception):
+    """SIGTERM or SIGINT stopped the run between two steps; the last finished epoch's checkpoint stays."""
+
+    def __init__(self, signum: int | None, epoch: int, run_dir: Path, handoff: Any = None) -> None:
+        name = signal.Signals(signum).name if signum else "a signal"
+        handoff = handoff if signum == signal.SIGUSR2 else None
+        again = ("the scheduler requeues the job, which resumes from" if handoff else
+                 "run the same command again to resume from")
+        last = run_dir / checkpoints.CHECKPOINT_DIR / checkpoints.LAST_CHECKPOINT
+        super().__init__(f"stopped by {name} during epoch {epoch}; {again} {last} (if an epoch had finished)")
+        self.signum = signum or signal.SIGTERM
+        # Called with (signum, None) after the record is written: submitit then checkpoints and requeues.
+        self.handoff = handoff
+
+
+class StopSignals:
+    """The signal that asked the run to stop (None while none has), and a wrapper's SIGUSR2 handler."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.handoff: Any = None
+
+    @property
+    def asked(self) -> bool:
+        return self.signum is not None
+
+    def interrupted(self, epoch: int, run_dir: Path) -> RunInterrupted:
+        return RunInterrupted(self.signum, epoch, run_dir, self.handoff)
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        """Handle the signals while the block runs (only the main thread can), then restore the handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def ask_to_stop(signum: int, frame: Any) -> None:
+            if self.signum is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.signum = signum
+            log.warning("%s received: stopping after this step (the last finished epoch's checkpoint stays)",
+                        signal.Signals(signum).name)
+
+        owned = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR2)}
+        ours = [signal.SIGINT]
+        if not callable(owned[signal.SIGTERM]):   # submitit installs a handler that ignores SIGTERM: keep it
+            ours.append(signal.SIGTERM)
+        if callable(owned[signal.SIGUSR2]):       # submitit's checkpoint-and-requeue
+            ours.append(signal.SIGUSR2)
+            self.handoff = owned[signal.SIGUSR2]
+        previous = {sig: signal.signal(sig, ask_to_stop) for sig in ours}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
