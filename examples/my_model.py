@@ -8,6 +8,13 @@
 """
 from torch import nn
 
+# Optional: what this model supports, which regbench checks before anything trains. INPUTS: the tasks whose
+# inputs it takes ("images": cifar10, cifar100, svhn, ..., imagefolder); a mismatch is refused in one line.
+# RESIDUAL_BLOCKS: whether it applies regularizer.stochastic_depth (it has none; without this line
+# regbench finds out once the model is built, from whether it asked placement.drop_path).
+INPUTS = "images"
+RESIDUAL_BLOCKS = False
+
 
 def build(*, regimen, num_classes, in_channels, image_size, width=32):
     # Three numbered conv layers. By default BN goes after each conv and dropout after the last one;

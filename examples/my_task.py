@@ -24,7 +24,7 @@ from regbench.tasks.base import Task
 class SineRegression(Task):
     primary_metric = "rmse"        # a key of evaluate()'s result; best epoch and early stopping use it
     higher_is_better = False
-    models = ()                    # no built-in model fits these inputs ...
+    inputs = "sine_samples"        # what model_inputs() gives: no built-in model takes these ...
     accepts_custom_models = True   # ... a model of your own does (model=custom)
     data_keys = ("n_train", "n_eval", "noise", "split_seed")  # the data.* keys it reads; others are refused
 

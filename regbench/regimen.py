@@ -283,13 +283,18 @@ class Regimen:
     def mixes(self) -> bool:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
+    def no_residual_blocks(self, model: str, why: str = "") -> str:
+        """Why stochastic depth cannot apply to `model`: said once, whether its module declares no residual
+        blocks (validation) or a model that declares nothing never asked for drop_path (check_placed)."""
+        return (f"regularizer.stochastic_depth={self.stochastic_depth:g} drops residual blocks, and {model} has none"
+                f"{f' ({why})' if why else ''}: use model=resnet18, a model of your own with residual blocks, or "
+                "regularizer.stochastic_depth=0")
+
     def check_placed(self) -> None:
         """After a model is built: refuse it when it did not put a selected layer's BN or dropout in place,
         or when stochastic depth is asked of a model without residual blocks."""
         if self.stochastic_depth > 0 and not any(p.asked_drop_path for p in self.placements):
-            raise ConfigError(f"regularizer.stochastic_depth={self.stochastic_depth:g} drops residual blocks, and this "
-                              "model has none (it never asked placement.drop_path): use model=resnet18, a model of "
-                              "your own with residual blocks, or regularizer.stochastic_depth=0")
+            raise ConfigError(self.no_residual_blocks("this model", "it never asked placement.drop_path"))
         wanted = [(NORM_NAMES.get(self.norm_type, self.norm_type), "norm")] if self.uses_norm else []
         wanted += [("dropout", "dropout")] if self.uses_dropout else []
         if not wanted:

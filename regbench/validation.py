@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 
 from regbench import checks, tracking
 from regbench.errors import ConfigError
-from regbench.models import RESIDUAL_MODELS, is_custom, model_factory, model_target, model_validator
+from regbench.models import (Capabilities, builtin_models_for, capabilities, is_custom, model_factory, model_target,
+                             model_validator)
 from regbench.hooks import extra_factories
 from regbench.optim import OPTIMIZERS, SCHEDULES, optimizer_class
 from regbench.regimen import Regimen
@@ -49,11 +50,10 @@ def validate(cfg: DictConfig, machine: bool = True) -> Regimen:
 
     task = task_class(cfg)
     model_target(cfg)  # set, before anything reads model.name (model=custom names a model by its factory)
-    if cfg.model.name not in task.models and not (task.accepts_custom_models and is_custom(cfg)):
-        fits = [f"model={m}" for m in task.models] + (["model=custom"] if task.accepts_custom_models else [])
-        raise ConfigError(f"model={cfg.model.name} does not fit task={cfg.task.name}: use {' or '.join(fits)}")
-    model_factory(cfg)  # importable, before anything reads the model's keys
+    model = _check_model_fits(cfg, task)
     _check_task_regularizers(cfg, task, regimen)
+    if regimen.stochastic_depth > 0 and model.residual_blocks is False:
+        raise ConfigError(regimen.no_residual_blocks(f"model={cfg.model.name}"))
     _check_data_keys(cfg, task)
     task.validate_config(cfg)
     check_model = model_validator(cfg)
@@ -80,10 +80,28 @@ def _check_task_regularizers(cfg: DictConfig, task, regimen: Regimen) -> None:
         value = getattr(regimen, attribute)
         if value > 0 and part not in task.regularizers:
             raise ConfigError(f"{key}={value:g} does not apply to task={cfg.task.name}: {why}. Set {key}=0")
-    if regimen.stochastic_depth > 0 and not is_custom(cfg) and cfg.model.name not in RESIDUAL_MODELS:
-        raise ConfigError(f"regularizer.stochastic_depth={regimen.stochastic_depth:g} drops residual blocks, and "
-                          f"model={cfg.model.name} has none: use model=resnet18, a model of your own with residual "
-                          "blocks, or regularizer.stochastic_depth=0")
+
+
+def _check_model_fits(cfg: DictConfig, task) -> Capabilities:
+    """A model fits a task that gives it the inputs its module declares (INPUTS = Task.inputs), or that names it
+    in Task.models; a user's model that declares no INPUTS fits a task that accepts custom models. Returns
+    what the model's module declares (its factory imported: refused in one line when it cannot be)."""
+    custom = is_custom(cfg)
+    model = Capabilities(None, None)
+    if not custom or task.accepts_custom_models:  # a task that takes no custom model refuses it unimported
+        model_factory(cfg)
+        model = capabilities(cfg)
+    if custom:
+        fits = task.accepts_custom_models and (model.inputs is None or model.inputs == task.inputs)
+    else:
+        fits = cfg.model.name in task.models or (task.inputs is not None and model.inputs == task.inputs)
+    if fits:
+        return model
+    options = [f"model={m}" for m in dict.fromkeys([*builtin_models_for(task.inputs), *task.models])]
+    options += ["model=custom"] if task.accepts_custom_models else []
+    takes = f" (its factory takes {model.inputs}, the task gives {task.inputs or 'inputs of its own'})" \
+        if is_custom(cfg) and model.inputs is not None else ""
+    raise ConfigError(f"model={cfg.model.name} does not fit task={cfg.task.name}{takes}: use {' or '.join(options)}")
 
 
 def _check_data_keys(cfg: DictConfig, task) -> None:

@@ -177,3 +177,33 @@ def test_resnet18_has_the_cifar_parameter_count_and_places_the_regimen(compose_c
     with pytest.raises(ConfigError, match=r"reaches past the model's layers: it has layers 1..17 \(resnet18"):
         from regbench.validation import validate
         validate(compose_cfg("model=resnet18", "regularizer=bn", "regularizer.norm.layers=[18]"), machine=False)
+
+
+def test_a_model_declares_what_it_supports_and_fits_every_task_of_its_inputs(compose_cfg, tmp_path, monkeypatch):
+    """INPUTS and RESIDUAL_BLOCKS beside the model's checks (regbench.models.Capabilities): the tasks list no model
+    names, so a model module that declares its inputs fits them all without editing a task."""
+    from regbench.models import builtin_models_for
+
+    assert builtin_models_for("images") == ["cnn13", "resnet18"]
+    assert builtin_models_for("token_sequences") == ["bilstm"]
+    assert builtin_models_for("interactions") == ["mf", "popularity", "two_tower"]  # mf extends two_tower's preset
+    assert builtin_models_for(None) == []
+    (tmp_path / "seq_model.py").write_text(
+        'INPUTS = "token_sequences"\nRESIDUAL_BLOCKS = False\n'
+        "def build(**kwargs):\n    raise AssertionError('validation never builds')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    with pytest.raises(ConfigError, match=r"model=seq_model.build does not fit task=cifar10 \(its factory takes "
+                                          r"token_sequences, the task gives images\): use model=cnn13 or model=resnet18 "
+                                          r"or model=custom$"):
+        validate(compose_cfg("model=custom", "model._target_=seq_model.build"), machine=False)
+    # my_model declares INPUTS = "images": it fits every image task, and no task that gives other inputs
+    validate(compose_cfg("task=svhn", "model=custom", "model._target_=my_model.build"), machine=False)
+    with pytest.raises(ConfigError, match="does not fit task=my_task.SineRegression"):
+        validate(compose_cfg("task=custom", "task._target_=my_task.SineRegression", "model=custom",
+                             "model._target_=my_model.build"), machine=False)
+    # RESIDUAL_BLOCKS = False refuses stochastic depth before anything is built (no placement needed to find out)
+    with pytest.raises(ConfigError, match=r"^regularizer.stochastic_depth=0.1 drops residual blocks, and "
+                                          r"model=my_model.build has none: use model=resnet18"):
+        validate(compose_cfg("model=custom", "model._target_=my_model.build", "regularizer.stochastic_depth=0.1"),
+                 machine=False)

@@ -2,12 +2,16 @@
 keyword arguments, `regimen=` (where to put BatchNorm and dropout: regbench.regimen), the task's shape
 information (e.g. num_classes, in_channels) and every other model.* key, and returns an nn.Module.
 The module that holds the callable may define `validate_config(cfg, regimen)`, which checks the model's
-keys before anything trains. The built-in models (cnn13, bilstm, two_tower / mf, popularity) follow the
-same contract as a user's own."""
+keys before anything trains, and declare what the model supports beside it: `INPUTS` (what its factory
+takes from a task: "images", "token_sequences", "interactions"; it fits every task whose `Task.inputs` is
+the same) and `RESIDUAL_BLOCKS` (whether it applies regularizer.stochastic_depth). The built-in models
+(cnn13, resnet18, bilstm, two_tower / mf, popularity) follow the same contract as a user's own, so a new
+model fits the tasks of its inputs without editing a task."""
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -19,7 +23,41 @@ from regbench.regimen import Regimen
 from regbench.targets import locate
 
 NOT_PASSED = ("name", "_target_")  # model.* keys that name the model rather than configure it
-RESIDUAL_MODELS = ("resnet18",)     # the built-in models with residual blocks (regularizer.stochastic_depth)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model's module declares (None where it declares nothing: a user's model is then checked once
+    built, by what it asks of the regimen)."""
+
+    inputs: str | None            # INPUTS: the Task.inputs its factory takes
+    residual_blocks: bool | None  # RESIDUAL_BLOCKS: it asks placement.drop_path (regularizer.stochastic_depth)
+
+
+def capabilities(cfg: DictConfig) -> Capabilities:
+    module = importlib.import_module(model_factory(cfg).__module__)
+    return Capabilities(getattr(module, "INPUTS", None), getattr(module, "RESIDUAL_BLOCKS", None))
+
+
+def builtin_models_for(inputs: str | None) -> list[str]:
+    """The built-in model options (conf/model/*.yaml) whose factory takes these inputs, in name order."""
+    if inputs is None:
+        return []
+    fits = []
+    for name in sorted(builtin_models()):
+        preset = OmegaConf.load(str(files("regbench.conf").joinpath("model", f"{name}.yaml")))
+        target = preset.get("_target_") or _inherited_target(preset)
+        if target and getattr(importlib.import_module(target.rpartition(".")[0]), "INPUTS", None) == inputs:
+            fits.append(name)
+    return fits
+
+
+def _inherited_target(preset: DictConfig) -> str | None:
+    """The _target_ of the preset a model preset extends (mf is two_tower with other defaults)."""
+    for parent in preset.get("defaults") or ():
+        if isinstance(parent, str) and parent != "_self_":
+            return OmegaConf.load(str(files("regbench.conf").joinpath("model", f"{parent}.yaml"))).get("_target_")
+    return None
 
 
 def builtin_models() -> set[str]:

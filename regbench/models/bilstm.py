@@ -240,6 +240,12 @@ def build(*, regimen: Regimen, num_words: int, num_chars: int, num_tags: int, wo
     return model
 
 
+# What this model supports (regbench.models.Capabilities): the tasks whose Task.inputs are "token_sequences",
+# and regularizer.stochastic_depth not (no residual blocks).
+INPUTS = "token_sequences"
+RESIDUAL_BLOCKS = False
+
+
 def validate_config(cfg: DictConfig, regimen: Regimen) -> None:
     checks.choice(cfg, "model.init", INITS)
     checks.choice(cfg, "model.char", ("cnn", "lstm", "none"))

@@ -80,6 +80,12 @@ def build(*, regimen: Regimen, num_classes: int, in_channels: int, image_size: i
     return model
 
 
+# What this model supports (regbench.models.Capabilities): the tasks whose Task.inputs are "images",
+# and regularizer.stochastic_depth not (no residual blocks).
+INPUTS = "images"
+RESIDUAL_BLOCKS = False
+
+
 def validate_config(cfg: DictConfig, regimen: Regimen) -> None:
     check_activation_and_init(cfg)
     checks.number(cfg, "model.width", low=0, low_open=True, high=8)

@@ -34,6 +34,12 @@ def build(*, regimen: Regimen, item_counts: Tensor, users: object = None, items:
     return Popularity(item_counts)
 
 
+# What this model supports (regbench.models.Capabilities): the tasks whose Task.inputs are "interactions",
+# and regularizer.stochastic_depth not (no residual blocks).
+INPUTS = "interactions"
+RESIDUAL_BLOCKS = False
+
+
 def validate_config(cfg: DictConfig, regimen: Regimen) -> None:
     """Nothing is trained, so a regimen would change nothing: a regimen grid would record five identical
     runs under five labels. Only regularizer=none (or its equivalent) is accepted."""

@@ -93,6 +93,12 @@ def build(*, regimen: Regimen, num_classes: int, in_channels: int, image_size: i
     return model
 
 
+# What this model supports (regbench.models.Capabilities): the tasks whose Task.inputs are "images",
+# and regularizer.stochastic_depth (it has residual blocks).
+INPUTS = "images"
+RESIDUAL_BLOCKS = True
+
+
 def validate_config(cfg: DictConfig, regimen: Regimen) -> None:
     checks.choice(cfg, "model.init", INITS)
     regimen.check_layers(N_LAYERS, "resnet18: 1 = the stem conv, 2..17 = the blocks' convs")

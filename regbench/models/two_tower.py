@@ -144,6 +144,12 @@ def build(*, regimen: Regimen, users: TowerInputs, items: TowerInputs, item_coun
     return model
 
 
+# What this model supports (regbench.models.Capabilities): the tasks whose Task.inputs are "interactions",
+# and regularizer.stochastic_depth not (no residual blocks).
+INPUTS = "interactions"
+RESIDUAL_BLOCKS = False
+
+
 def validate_config(cfg: DictConfig, regimen: Regimen) -> None:
     checks.choice(cfg, "model.init", INITS)
     checks.choice(cfg, "model.activation", ACTIVATIONS)

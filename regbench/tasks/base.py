@@ -49,7 +49,10 @@ class Task(ABC):
     # "@K" (ndcg@10: "ndcg"); the record keeps them (metric_directions) so compare never guesses from a name.
     # A task adds its own metrics to these; the primary metric's direction is higher_is_better.
     metric_directions: ClassVar[dict[str, bool]] = {"loss": False, "nll": False, "ece": False, "brier": False}
-    models: ClassVar[tuple[str, ...]]      # the model names that fit this task's inputs and outputs
+    # What model_inputs() gives a model's factory ("images", "token_sequences", "interactions"): every
+    # built-in model whose module declares the same INPUTS fits (regbench.models.Capabilities).
+    inputs: ClassVar[str | None] = None
+    models: ClassVar[tuple[str, ...]] = ()  # more model options that fit, by name, beside those of `inputs`
     # Batch entries that live on the host by design (e.g. lengths for packing); the rest is on the device.
     host_keys: ClassVar[tuple[str, ...]] = ()
     # Every training batch has the same shapes: cuDNN may time its convolution algorithms once and keep

@@ -8,7 +8,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ def validation_count(val_size: float, n_train: int) -> int:
 class ImageClassificationTask(Task):
     primary_metric = "accuracy"
     metric_directions = {"accuracy": True}
-    models: ClassVar[tuple[str, ...]] = ("cnn13", "resnet18")
+    inputs = "images"  # cnn13, resnet18
     accepts_custom_models = True   # any factory that takes num_classes, in_channels and image_size
     regularizers = frozenset({"label_smoothing", "mixup", "cutmix"})
     fixed_input_shapes = True      # every batch is (batch_size, C, H, W): the last partial batch is dropped

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 class MovieLensTask(Task):
     name = "movielens"
-    models: ClassVar[tuple[str, ...]] = ("two_tower", "mf", "popularity")
+    inputs = "interactions"  # two_tower, mf, popularity
     task_model_keys: ClassVar[tuple[str, ...]] = ("loss", "negatives", "num_negatives")  # the training objective
     primary_metric = "ndcg@10"
     metric_directions = {"hit": True, "precision": True, "recall": True, "mrr": True, "ndcg": True}

@@ -172,7 +172,7 @@ def replace_singletons(words: Tensor, singleton_ids: Tensor, p: float, generator
 class TaggingTask(Task):
     """Shared by conll2003, conll2000 and conll: they differ only in where their files are."""
 
-    models: ClassVar[tuple[str, ...]] = ("bilstm",)
+    inputs = "token_sequences"  # bilstm
     host_keys: ClassVar[tuple[str, ...]] = ("lengths", "char_lengths")
     task_model_keys: ClassVar[tuple[str, ...]] = ("lowercase", "singleton_unk", "word_vectors")
     regularizers = frozenset({"label_smoothing"})  # with model.crf=false (the model says why not with a CRF)
