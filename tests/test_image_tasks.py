@@ -145,7 +145,7 @@ def regbench_cli(args, tmp_path, cli_env):
     (["task=imagefolder", "data.dir=nowhere"], "nowhere is not an image folder: it needs train/<class>/ and "
                                                "test/<class>/ folders"),
     (["task=mnist", "paths.data_dir=empty", "data.download=false"],
-     "MNIST not found in empty or empty/mnist: put MNIST/raw/train-images-idx3-ubyte, "),
+     "MNIST not found in empty/mnist or empty: put MNIST/raw/train-images-idx3-ubyte, "),
     (["task=svhn", "paths.data_dir=empty", "data.download=false"],
      "or set data.download=true on a machine that is online"),
 ])

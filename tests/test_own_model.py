@@ -145,12 +145,14 @@ def test_a_plain_model_works_without_a_regimen(compose_cfg, tiny_data_dir, tmp_p
     assert record["params"] == 3 * 32 * 32 * 10 + 10
 
 
-def test_model_custom_without_a_target_and_a_tagger_task_are_refused(compose_cfg, monkeypatch):
+def test_model_custom_without_a_target_and_an_image_model_for_a_tagger_are_refused(compose_cfg, monkeypatch):
     with pytest.raises(ConfigError, match=r"model=custom needs model._target_=PACKAGE.MODULE.CALLABLE"):
         validate(compose_cfg("model=custom"), machine=False)
-    with pytest.raises(ConfigError, match="does not fit task=conll2003: use model=bilstm$"):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    with pytest.raises(ConfigError, match=r"model=my_model.build does not fit task=conll2003 \(its factory takes "
+                                          r"images, the task gives token_sequences\): use model=bilstm or model=custom$"):
         validate(compose_cfg("task=conll2003", "model=custom", "model._target_=my_model.build"), machine=False)
-    monkeypatch.syspath_prepend(str(EXAMPLES))  # a task that no built-in model fits names only model=custom
+    # a task that no built-in model fits names only model=custom
     with pytest.raises(ConfigError, match="model=cnn13 does not fit task=my_task.SineRegression: use model=custom$"):
         validate(compose_cfg("task=custom", "task._target_=my_task.SineRegression"), machine=False)
 

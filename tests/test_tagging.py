@@ -2,9 +2,6 @@
 training runs on tiny corpora written in the on-disk formats of CoNLL-2003 / CoNLL-2000."""
 from __future__ import annotations
 
-import gzip
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import torch
@@ -12,10 +9,11 @@ import torch
 from conftest import SHARED_DATA, tiny_corpus, write
 from regbench import runner
 from regbench.data.conll import Sentence, read_conll
+from regbench.data.vocabulary import UNK, Vocabulary, case_class, load_word_vectors, normalise_word
 from regbench.errors import ConfigError, DataError
 from regbench.models import bilstm, build_model
 from regbench.regimen import Regimen
-from regbench.tasks.tagging import UNK, TaggingTask, Vocabulary, case_class, normalise_word, replace_singletons
+from regbench.tasks.tagging import TaggingTask, replace_singletons
 from regbench.validation import validate
 
 # -- reader -------------------------------------------------------------------------------------
@@ -267,8 +265,73 @@ def test_word_vectors_file_initialises_known_words(tmp_path, tiny_corpus_dir):
     vectors = tmp_path / "vectors.txt"
     vectors.write_text("2 3\nParis 1 2 3\nnotaword 9 9 9\nsmith 4 5 6\n", encoding="utf-8")
     embedding = torch.nn.Embedding(len(vocab.words) + 2, 3)
-    assert bilstm.load_word_vectors(vectors, vocab.words, embedding, lowercase=True) == 2
+    assert load_word_vectors(vectors, vocab.words, embedding, lowercase=True) == 2
     assert embedding.weight[vocab.words["paris"]].tolist() == [1.0, 2.0, 3.0]
     assert embedding.weight[vocab.words["smith"]].tolist() == [4.0, 5.0, 6.0]
     with pytest.raises(ConfigError, match="no such file"):
-        bilstm.load_word_vectors(tmp_path / "missing.txt", vocab.words, embedding, lowercase=True)
+        load_word_vectors(tmp_path / "missing.txt", vocab.words, embedding, lowercase=True)
+
+
+OWN_TAGGER = '''
+import torch
+from torch import nn
+
+INPUTS = "token_sequences"
+
+
+class WordTagger(nn.Module):
+    """Embedding, the regimen's dropout, a linear layer to tags: a tagger without characters or a CRF."""
+
+    def __init__(self, placement, num_words, num_tags, dim):
+        super().__init__()
+        self.word_embedding = nn.Embedding(num_words, dim)
+        self.dropout = placement.dropout(1)
+        self.out = nn.Linear(dim, num_tags)
+
+    def forward(self, words, chars, case, mask, lengths, char_lengths):
+        return self.out(self.dropout(self.word_embedding(words)))
+
+    def loss(self, emissions, tags, mask, label_smoothing=0.0):
+        return nn.functional.cross_entropy(emissions[mask], tags[mask], label_smoothing=label_smoothing)
+
+    def decode(self, emissions, mask):
+        return emissions.argmax(-1) * mask
+
+    def token_probs(self, emissions, mask):
+        return emissions.float().softmax(-1)
+
+
+def build(*, regimen, num_words, num_chars, num_tags, dim=16):
+    return WordTagger(regimen.place(1, default_dropout=(1,)), num_words, num_tags, dim)
+
+
+def without_decode(**inputs):
+    model = build(**inputs)
+    model.decode = None
+    return model
+'''
+
+
+def test_a_tagger_of_ones_own_trains_on_a_conll_task(compose_cfg, tiny_corpus_dir, tmp_path, monkeypatch):
+    """tasks.tagging.Tagger is the whole contract: a model with a forward call, loss, decode and token_probs
+    fits every tagging task (before, model=custom was refused for them all)."""
+    (tmp_path / "own_tagger.py").write_text(OWN_TAGGER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose_cfg("task=conll", f"data.dir={tiny_corpus_dir}", "model=custom", "model._target_=own_tagger.build",
+                      "+model.dim=24", "regularizer=dropout", "trainer.max_epochs=8", "optimizer.lr=0.05",
+                      "trainer.batch_size=8", "trainer.progress=false", "trainer.device=cpu",
+                      f"paths.output_dir={tmp_path / 'outputs'}")
+    validate(cfg)
+    record = runner.run(cfg, tmp_path / "run")
+    assert record["status"] == "completed" and record["model"] == "own_tagger.build"
+    tags = len(record["data"]["tags"])
+    assert record["params"] == (record["data"]["n_words"] + 2) * 24 + 24 * tags + tags
+    assert record["losses"]["train"] == "own_tagger.build's loss per token"
+    assert record["test"]["f1"] > 0.3  # it learned the names (all-O scores 0)
+    assert (tmp_path / "run" / "test_predictions.txt").is_file()
+
+    cfg.model._target_ = "own_tagger.without_decode"  # model.name follows its ${._target_}
+    with pytest.raises(ConfigError, match=r"^model._target_=own_tagger.without_decode returned a WordTagger without "
+                                          r"decode: a tagger needs loss, decode and token_probs"):
+        runner.run(cfg, tmp_path / "broken")
+    assert not (tmp_path / "broken").exists()  # refused before the run started: no record

@@ -25,6 +25,14 @@ class Sentence:
     tags: list[str]
 
 
+@dataclass
+class Corpus:
+    """A corpus's splits as read: sentences per split ("train", "val", "test") and the file each came from."""
+
+    sentences: dict[str, list[Sentence]]
+    files: dict[str, Path]
+
+
 def read_conll(path: Path, token_column: int = 0, tag_column: int | str = -1) -> list[Sentence]:
     """Read sentences from a CoNLL column file; errors name the file and line.
 

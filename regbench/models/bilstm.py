@@ -9,7 +9,6 @@ defaults put both on every layer (dropout on embeddings and LSTM outputs, as Lam
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -202,25 +201,6 @@ class BiLSTMTagger(nn.Module):
         if self.crf is not None:
             return self.crf.viterbi(emissions, mask)
         return emissions.argmax(-1) * mask
-
-
-def load_word_vectors(path: Path, vocab: dict[str, int], embedding: nn.Embedding, lowercase: bool) -> int:
-    """Copy vectors for vocabulary words from a word2vec/GloVe text file into `embedding`; return how many."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"model.word_vectors={str(path)!r}: no such file (a text file: word v1 v2 ... per line)")
-    found = 0
-    with torch.no_grad(), open(path, encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            fields = line.rstrip().split(" ")
-            if lineno == 1 and len(fields) == 2 and all(f.isdigit() for f in fields):
-                continue  # word2vec header "count dim"
-            word = fields[0].lower() if lowercase else fields[0]
-            if word in vocab and len(fields) - 1 == embedding.embedding_dim:
-                embedding.weight[vocab[word]] = torch.tensor([float(v) for v in fields[1:]])
-                found += 1
-    log.info("loaded %d of %d word vectors from %s", found, len(vocab), path)
-    return found
 
 
 def layer_count(num_layers: int) -> int:

@@ -72,6 +72,8 @@ class Task(ABC):
     # The data.* keys a task of the user's own reads (task=custom): any other data.* key is refused rather than
     # ignored. A task that takes data.* keys must declare them (the built-in tasks' keys are their YAML's).
     data_keys: ClassVar[tuple[str, ...] | None] = None
+    # The folder under paths.data_dir that holds this task's files (data_dirs): "conll2003", "movielens", ...
+    data_subdir: ClassVar[str] = ""
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         self.cfg = cfg
@@ -108,6 +110,15 @@ class Task(ABC):
     @abstractmethod
     def validate_config(cls, cfg: DictConfig) -> None:
         """Raise ConfigError for a bad task key (`data.*`)."""
+
+    @classmethod
+    def data_dirs(cls, cfg: DictConfig) -> list[Path]:
+        """Where the task's files are looked for, and downloaded into (the first): data.dir when it is set, else
+        paths.data_dir/<data_subdir>, then paths.data_dir."""
+        if cfg.get("data") is not None and cfg.data.get("dir"):
+            return [Path(cfg.data.dir).expanduser()]
+        root = Path(cfg.paths.data_dir)
+        return [root / cls.data_subdir, root] if cls.data_subdir else [root]
 
     @classmethod
     def check_data(cls, cfg: DictConfig) -> None:

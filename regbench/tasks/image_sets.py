@@ -41,14 +41,10 @@ class ImageFolderTask(ImageClassificationTask):
 
 
 class VisionDatasetTask(ImageClassificationTask):
-    """A torchvision dataset, in torchvision's layout under paths.data_dir (or its <task>/ folder)."""
+    """A torchvision dataset, in torchvision's layout under paths.data_dir/<task> (where a download goes) or
+    paths.data_dir."""
 
     dataset: ClassVar[vision.Dataset]
-
-    @classmethod
-    def data_dirs(cls, cfg: DictConfig) -> list[Path]:
-        data_dir = Path(cfg.paths.data_dir)
-        return [data_dir, data_dir / cls.dataset.name]
 
     @classmethod
     def check_data(cls, cfg: DictConfig) -> None:
@@ -63,18 +59,22 @@ class VisionDatasetTask(ImageClassificationTask):
 class Cifar100Task(VisionDatasetTask):
     name = "cifar100"
     dataset = vision.DATASETS["cifar100"]
+    data_subdir = "cifar100"
 
 
 class SvhnTask(VisionDatasetTask):
     name = "svhn"
     dataset = vision.DATASETS["svhn"]
+    data_subdir = "svhn"
 
 
 class FashionMnistTask(VisionDatasetTask):
     name = "fashion_mnist"
     dataset = vision.DATASETS["fashion_mnist"]
+    data_subdir = "fashion_mnist"
 
 
 class MnistTask(VisionDatasetTask):
     name = "mnist"
     dataset = vision.DATASETS["mnist"]
+    data_subdir = "mnist"

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 class MovieLensTask(Task):
     name = "movielens"
     inputs = "interactions"  # two_tower, mf, popularity
+    data_subdir = "movielens"
     task_model_keys: ClassVar[tuple[str, ...]] = ("loss", "negatives", "num_negatives")  # the training objective
     primary_metric = "ndcg@10"
     metric_directions = {"hit": True, "precision": True, "recall": True, "mrr": True, "ndcg": True}
@@ -71,13 +72,6 @@ class MovieLensTask(Task):
         if d.valid_metric not in allowed:
             raise ConfigError(f"data.valid_metric={d.valid_metric!r} is not computed: choose one of "
                               f"{', '.join(allowed)} (the cut-offs come from data.ks)")
-
-    @staticmethod
-    def data_dirs(cfg: DictConfig) -> list[Path]:
-        """data.dir when it is set, else paths.data_dir/movielens, then paths.data_dir."""
-        if cfg.data.get("dir"):
-            return [Path(cfg.data.dir).expanduser()]
-        return [Path(cfg.paths.data_dir) / "movielens", Path(cfg.paths.data_dir)]
 
     @classmethod
     def check_data(cls, cfg: DictConfig) -> None:

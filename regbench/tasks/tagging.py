@@ -1,18 +1,16 @@
-"""Sequence tagging on CoNLL-format corpora (NER, chunking, any tag set) with the BiLSTM tagger.
+"""Sequence tagging on CoNLL-format corpora (NER, chunking, any tag set) with the BiLSTM tagger, or a tagger
+of the user's own that has the methods of `Tagger`.
 
-Sentences are encoded once and kept on the run's device (DeviceSplit), so a batch is built there with
-no host-to-device copy. Training batches group sentences of similar length (shuffle, then sort within
+Sentences are encoded once (regbench.data.vocabulary) and kept on the run's device (DeviceSplit), so a
+batch is built there with no host-to-device copy. Training batches group sentences of similar length (shuffle, then sort within
 chunks of 50 batches, then shuffle the batches) and the model packs them, so padding costs little.
 Scoring is conlleval's (regbench.metrics)."""
 from __future__ import annotations
 
 import math
-import re
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -22,144 +20,41 @@ from torch import Tensor, nn
 from regbench import checks, metrics
 from regbench.calibration import CalibrationSums
 from regbench.data import conll
-from regbench.errors import ConfigError, DataError
+from regbench.data.vocabulary import UNK, Vocabulary, load_word_vectors
+from regbench.errors import ConfigError
 from regbench.fileio import write_text_atomic
-from regbench.models.bilstm import load_word_vectors
+from regbench.models import is_custom
 from regbench.regimen import Regimen
 from regbench.tasks.base import Task
+from regbench.tasks.device_split import DeviceSplit
 
-PAD, UNK = 0, 1
 SORT_CHUNK_BATCHES = 50
-DIGITS = re.compile(r"\d")
-
-
-def normalise_word(word: str, lowercase: bool) -> str:
-    """The lookup form of a word: lowercased with every digit mapped to 0 (when `lowercase`)."""
-    return DIGITS.sub("0", word.lower()) if lowercase else word
-
-
-def case_class(word: str) -> int:
-    """1 lower, 2 UPPER, 3 Title, 4 mIxed, 5 no letters (0 is padding)."""
-    letters = [c for c in word if c.isalpha()]
-    if not letters:
-        return 5
-    if all(c.islower() for c in letters):
-        return 1
-    if all(c.isupper() for c in letters):
-        return 2
-    if letters[0].isupper() and all(c.islower() for c in letters[1:]):
-        return 3
-    return 4
-
-
-@dataclass
-class Encoded:
-    words: np.ndarray   # (T,)
-    chars: np.ndarray   # (T, L)
-    case: np.ndarray    # (T,)
-    tags: np.ndarray    # (T,)
-
-
-class Vocabulary:
-    """Words, characters and tags of the training split; anything unseen maps to UNK (tags: an error)."""
-
-    def __init__(self, train: list[conll.Sentence], lowercase: bool) -> None:
-        self.lowercase = lowercase
-        words = Counter(normalise_word(w, lowercase) for s in train for w in s.tokens)
-        chars = Counter(c for s in train for w in s.tokens for c in w)
-        self.words = {w: i for i, w in enumerate(sorted(words), start=2)}
-        # Words seen once in training: the ones singleton UNK replacement may swap for UNK.
-        self.singleton_ids = np.zeros(len(self.words) + 2, dtype=bool)
-        self.singleton_ids[[self.words[w] for w, n in words.items() if n == 1]] = True
-        self.chars = {c: i for i, c in enumerate(sorted(chars), start=2)}
-        self.tags = {t: i for i, t in enumerate(sorted({t for s in train for t in s.tags}))}
-        self.tag_names = sorted(self.tags, key=self.tags.get)
-
-    def encode(self, sentence: conll.Sentence, where: str, unseen_tags: str = "error") -> Encoded:
-        """unseen_tags="keep" lets a gold tag the training split lacks through (it is scored as gold and
-        can never be predicted; for the loss alone it counts as "O")."""
-        unknown = [t for t in sentence.tags if t not in self.tags]
-        if unknown and unseen_tags == "error":
-            raise DataError(f"{where}: tag {unknown[0]!r} never occurs in the training split "
-                            f"(known tags: {', '.join(self.tag_names)}); set data.unseen_tags=keep to score it anyway")
-        fallback = self.tags.get("O", 0)
-        longest = max(len(w) for w in sentence.tokens)
-        chars = np.zeros((len(sentence.tokens), longest), dtype=np.int64)
-        for i, word in enumerate(sentence.tokens):
-            chars[i, : len(word)] = [self.chars.get(c, UNK) for c in word]
-        return Encoded(
-            words=np.array([self.words.get(normalise_word(w, self.lowercase), UNK) for w in sentence.tokens]),
-            chars=chars, case=np.array([case_class(w) for w in sentence.tokens]),
-            tags=np.array([self.tags.get(t, fallback) for t in sentence.tags]))
-
-
-class DeviceSplit:
-    """One split's encoded sentences as flat tensors on the run's device, so that a batch is a few
-    gathers there: no per-batch collation on the host and no host-to-device copy per step (a blocking
-    copy that makes the host wait for the GPU). Sentence and word lengths stay on the host as well:
-    sizing a batch and packing the LSTM's input need them there."""
-
-    def __init__(self, encoded: list[Encoded], device: torch.device) -> None:
-        self.device = device
-        self.lengths = np.array([len(e.words) for e in encoded], dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
-        word_lengths = [(e.chars != PAD).sum(1) for e in encoded]
-        self.word_lengths = np.concatenate(word_lengths).astype(np.int64)  # characters of every token
-        self.longest_word = np.array([int(n.max()) for n in word_lengths], dtype=np.int64)
-        char_starts = np.concatenate([[0], np.cumsum(self.word_lengths)[:-1]]).astype(np.int64)
-
-        def on_device(values: np.ndarray) -> Tensor:
-            return torch.from_numpy(np.ascontiguousarray(values)).to(device)
-
-        self.words = on_device(np.concatenate([e.words for e in encoded]).astype(np.int64))
-        self.case = on_device(np.concatenate([e.case for e in encoded]).astype(np.int64))
-        self.tags = on_device(np.concatenate([e.tags for e in encoded]).astype(np.int64))
-        # Characters back to back (no padding to the longest word in the corpus, which one long URL
-        # would blow up), found through each token's start and length.
-        self.chars = on_device(np.concatenate([e.chars[e.chars != PAD] for e in encoded]).astype(np.int64))
-        self.char_starts, self.char_counts = on_device(char_starts), on_device(self.word_lengths)
-        self.sentence_starts, self.sentence_lengths = on_device(self.starts), on_device(self.lengths)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def longest_first(self, rows: np.ndarray) -> np.ndarray:
-        """The model packs a batch fastest (no reordering on the device) with its sentences longest first."""
-        return rows[np.argsort(-self.lengths[rows], kind="stable")]
-
-    def batches(self, groups: list[np.ndarray]) -> Iterator[tuple[np.ndarray, dict[str, Tensor]]]:
-        """(rows, batch) for each group of sentence indices, its rows longest first. The indices of all
-        groups go to the device in one copy (one per epoch), not one per batch."""
-        ordered = [self.longest_first(rows) for rows in groups]
-        flat = np.concatenate(ordered) if ordered else np.zeros(0, np.int64)
-        device_rows = torch.from_numpy(flat.astype(np.int64)).to(self.device)
-        offset = 0
-        for rows in ordered:
-            yield rows, self._batch(rows, device_rows[offset:offset + len(rows)])
-            offset += len(rows)
-
-    def _batch(self, rows: np.ndarray, device_rows: Tensor) -> dict[str, Tensor]:
-        """Sentences `rows` (longest first; `device_rows` is the same on the device) padded into one batch."""
-        t = int(self.lengths[rows].max())
-        width = max(1, int(self.longest_word[rows].max()))
-        steps = torch.arange(t, device=self.device)
-        mask = steps < self.sentence_lengths[device_rows][:, None]
-        token = torch.where(mask, self.sentence_starts[device_rows][:, None] + steps, 0)  # into the flat arrays
-        letters = torch.arange(width, device=self.device)
-        in_word = (letters < self.char_counts[token][..., None]) & mask[..., None]
-        char_at = torch.where(in_word, self.char_starts[token][..., None] + letters, 0)
-        # The same lengths on the host, for packing: a gather over a few hundred integers.
-        host_steps = np.arange(t)
-        host_mask = host_steps < self.lengths[rows][:, None]
-        host_token = np.where(host_mask, self.starts[rows][:, None] + host_steps, 0)
-        return {"words": self.words[token].masked_fill(~mask, PAD),
-                "chars": self.chars[char_at].masked_fill(~in_word, PAD),
-                "case": self.case[token].masked_fill(~mask, PAD), "tags": self.tags[token].masked_fill(~mask, PAD),
-                "mask": mask, "lengths": torch.from_numpy(self.lengths[rows]),
-                "char_lengths": torch.from_numpy(np.where(host_mask, self.word_lengths[host_token], 0))}
 
 
 MODEL_INPUTS = ("words", "chars", "case", "mask", "lengths", "char_lengths")
+
+
+class Tagger(Protocol):
+    """What the tagging tasks call on their model (regbench.models.bilstm.BiLSTMTagger is one). A tagger of
+    your own (model=custom) is built with num_words, num_chars and num_tags and needs these methods;
+    `word_embedding` (an nn.Embedding over the vocabulary's ids) only with model.word_vectors."""
+
+    def __call__(self, words: Tensor, chars: Tensor, case: Tensor, mask: Tensor, lengths: Tensor,
+                 char_lengths: Tensor) -> Tensor:
+        """(B, T) word ids, (B, T, L) char ids, (B, T) case classes, (B, T) mask, host lengths -> (B, T, tags)
+        emissions (batches come longest sentence first)."""
+
+    def loss(self, emissions: Tensor, tags: Tensor, mask: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        """The mean loss per real token."""
+
+    def decode(self, emissions: Tensor, mask: Tensor) -> Tensor:
+        """(B, T) predicted tag ids."""
+
+    def token_probs(self, emissions: Tensor, mask: Tensor) -> Tensor:
+        """(B, T, tags) each token's tag probabilities (calibration, test_outputs.npz)."""
+
+
+TAGGER_METHODS = ("loss", "decode", "token_probs")  # Tagger's methods beside the forward call
 
 
 def replace_singletons(words: Tensor, singleton_ids: Tensor, p: float, generator: torch.Generator) -> Tensor:
@@ -173,6 +68,7 @@ class TaggingTask(Task):
     """Shared by conll2003, conll2000 and conll: they differ only in where their files are."""
 
     inputs = "token_sequences"  # bilstm
+    accepts_custom_models = True   # a Tagger of the user's own
     host_keys: ClassVar[tuple[str, ...]] = ("lengths", "char_lengths")
     task_model_keys: ClassVar[tuple[str, ...]] = ("lowercase", "singleton_unk", "word_vectors")
     regularizers = frozenset({"label_smoothing"})  # with model.crf=false (the model says why not with a CRF)
@@ -190,28 +86,18 @@ class TaggingTask(Task):
         checks.number(cfg, "data.split_seed", low=0, integer=True)
         checks.number(cfg, "data.train_eval_size", low=1, integer=True)
 
-    def load_splits(self) -> dict[str, list[conll.Sentence]]:
+    def load_splits(self) -> conll.Corpus:
+        """The train, val and test sentences, and the file each came from."""
         raise NotImplementedError
 
     def _read(self, path: Path) -> list[conll.Sentence]:
         return conll.read_conll(path, self.cfg.data.token_column, self.cfg.data.tag_column)
 
-    @staticmethod
-    def data_dirs(cfg: DictConfig, subdir: str) -> list[Path]:
-        """data.dir when it is set, else paths.data_dir/<subdir>, then paths.data_dir."""
-        if cfg.data.get("dir"):
-            return [Path(cfg.data.dir).expanduser()]
-        data_dir = Path(cfg.paths.data_dir)
-        return [data_dir / subdir, data_dir]
-
-    def _dirs(self, subdir: str) -> list[Path]:
-        return self.data_dirs(self.cfg, subdir)
-
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         super().__init__(cfg, device)
-        self.paths: dict[str, Path] = {}
-        splits, self.paths = self.read_once("splits", lambda: (self.load_splits(), self.paths))
-        splits = dict(splits)  # limited below: the kept dict stays whole
+        corpus = self.read_once("splits", self.load_splits)
+        self.paths = corpus.files
+        splits = dict(corpus.sentences)  # limited below: the kept dict stays whole
         dcfg = cfg.data
         if dcfg.limit_train:
             splits["train"] = splits["train"][: dcfg.limit_train]
@@ -239,7 +125,15 @@ class TaggingTask(Task):
 
     def build_model(self, regimen: Regimen) -> nn.Module:
         model = super().build_model(regimen)
+        missing = [m for m in TAGGER_METHODS if not callable(getattr(model, m, None))]
+        if missing:
+            raise ConfigError(f"model._target_={self.cfg.model._target_} returned a {type(model).__name__} without "
+                              f"{', '.join(missing)}: a tagger needs loss, decode and token_probs beside its forward "
+                              "call (regbench.tasks.tagging.Tagger, docs/own-model.md)")
         if self.cfg.model.get("word_vectors"):
+            if not isinstance(getattr(model, "word_embedding", None), nn.Embedding):
+                raise ConfigError(f"model.word_vectors needs the tagger's word_embedding (an nn.Embedding over the "
+                                  f"vocabulary's ids); model._target_={self.cfg.model._target_} has none")
             load_word_vectors(Path(self.cfg.model.word_vectors), self.vocab.words, model.word_embedding,
                               self.vocab.lowercase)
         return model
@@ -277,8 +171,11 @@ class TaggingTask(Task):
         return batch["mask"].sum()  # the loss is a mean over real tokens
 
     def loss_names(self) -> dict[str, str]:
-        name = "CRF negative log-likelihood per token" if self.cfg.model.get("crf", True) else \
-            "cross-entropy per token"
+        if is_custom(self.cfg):
+            name = f"{self.cfg.model.name}'s loss per token"
+        else:
+            name = "CRF negative log-likelihood per token" if self.cfg.model.get("crf", True) else \
+                "cross-entropy per token"
         return {"train": name, "val": name}
 
     def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
@@ -367,13 +264,15 @@ class Conll2003Task(TaggingTask):
     SPLITS = {"train": ("train.txt", "eng.train"), "val": ("valid.txt", "eng.testa", "dev.txt"),
               "test": ("test.txt", "eng.testb")}
 
+    data_subdir = "conll2003"
+
     @classmethod
     def check_data(cls, cfg: DictConfig) -> None:
-        conll.locate_splits(cls.data_dirs(cfg, "conll2003"), "CoNLL-2003", cls.SPLITS)
+        conll.locate_splits(cls.data_dirs(cfg), "CoNLL-2003", cls.SPLITS)
 
-    def load_splits(self) -> dict[str, list[conll.Sentence]]:
-        self.paths = conll.locate_splits(self._dirs("conll2003"), "CoNLL-2003", self.SPLITS)
-        return {split: self._read(path) for split, path in self.paths.items()}
+    def load_splits(self) -> conll.Corpus:
+        files = conll.locate_splits(self.data_dirs(self.cfg), "CoNLL-2003", self.SPLITS)
+        return conll.Corpus({split: self._read(path) for split, path in files.items()}, files)
 
 
 class ConllTask(TaggingTask):
@@ -390,15 +289,16 @@ class ConllTask(TaggingTask):
 
     @classmethod
     def check_data(cls, cfg: DictConfig) -> None:
-        conll.locate_splits(cls.data_dirs(cfg, ""), "a CoNLL-format corpus", cls.SPLITS)
+        conll.locate_splits(cls.data_dirs(cfg), "a CoNLL-format corpus", cls.SPLITS)
 
-    def load_splits(self) -> dict[str, list[conll.Sentence]]:
-        self.paths = conll.locate_splits(self._dirs(""), "a CoNLL-format corpus", self.SPLITS)
-        return {split: self._read(path) for split, path in self.paths.items()}
+    def load_splits(self) -> conll.Corpus:
+        files = conll.locate_splits(self.data_dirs(self.cfg), "a CoNLL-format corpus", self.SPLITS)
+        return conll.Corpus({split: self._read(path) for split, path in files.items()}, files)
 
 
 class Conll2000Task(TaggingTask):
     name = "conll2000"
+    data_subdir = "conll2000"
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
@@ -408,10 +308,10 @@ class Conll2000Task(TaggingTask):
 
     @classmethod
     def check_data(cls, cfg: DictConfig) -> None:
-        conll.check_conll2000(cls.data_dirs(cfg, "conll2000"), cfg.data.download)
+        conll.check_conll2000(cls.data_dirs(cfg), cfg.data.download)
 
-    def load_splits(self) -> dict[str, list[conll.Sentence]]:
-        files = conll.conll2000_files(self._dirs("conll2000"), self.cfg.data.download)
+    def load_splits(self) -> conll.Corpus:
+        files = conll.conll2000_files(self.data_dirs(self.cfg), self.cfg.data.download)
         train = self._read(files["train"])
         if self.cfg.data.val_size >= len(train):
             raise ConfigError(f"data.val_size={self.cfg.data.val_size} leaves no training sentences "
@@ -419,6 +319,6 @@ class Conll2000Task(TaggingTask):
         # Validation sentences are carved from train by a fixed seed: the same split for every run.
         perm = np.random.default_rng(self.cfg.data.split_seed).permutation(len(train))
         val_idx = set(perm[: self.cfg.data.val_size].tolist())
-        self.paths = {"train": files["train"], "val": files["train"], "test": files["test"]}
-        return {"train": [s for i, s in enumerate(train) if i not in val_idx],
-                "val": [s for i, s in enumerate(train) if i in val_idx], "test": self._read(files["test"])}
+        return conll.Corpus({"train": [s for i, s in enumerate(train) if i not in val_idx],
+                             "val": [s for i, s in enumerate(train) if i in val_idx], "test": self._read(files["test"])},
+                            {"train": files["train"], "val": files["train"], "test": files["test"]})
