@@ -6,7 +6,9 @@ in turn: linear, not the full grid) and validated; Hydra's own composition error
 line that names the key, the bad value and what is allowed."""
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 from collections.abc import Sequence
 from importlib.resources import files
 
@@ -20,11 +22,25 @@ MULTIRUN_FLAGS = ("-m", "--multirun")
 
 def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig:
     """The config the `regbench` command builds for these overrides (with Hydra's own settings under
-    `hydra` when with_hydra is true)."""
+    `hydra` when with_hydra is true): a copy of its own, the caller may change it."""
+    if with_hydra:  # Hydra's settings hold the working directory and the time: composed afresh
+        return _compose(tuple(overrides), True)
+    return copy.deepcopy(_composed(tuple(overrides)))
+
+
+@functools.lru_cache(maxsize=256)
+def _composed(overrides: tuple[str, ...]) -> DictConfig:
+    """One composition per command line and process: Hydra reads and merges some twenty YAML files each time
+    (0.1-0.25 s), and a tune composes every trial, preflight every sweep value, validation every job.
+    Interpolations stay unresolved, so the copies still read the environment and the clock when used."""
+    return _compose(overrides, False)
+
+
+def _compose(overrides: tuple[str, ...], with_hydra: bool) -> DictConfig:
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(config_module="regbench.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
 
 
 def _keys(cfg: DictConfig, prefix: str = "") -> list[str]:

@@ -229,9 +229,10 @@ def key_values(runs: pd.DataFrame, key: str) -> pd.Series:
     (`optimizer.lr`), or any other column of the records; canonical spellings."""
     for column in (f"{CONFIG}{key}.name", f"{CONFIG}{key}", key):
         if column in runs:
-            if column == f"{CONFIG}task.name" and runs[column].isna().any() and "task" in runs:
-                return runs[column].fillna(runs["task"]).map(canonical)
-            return runs[column].map(canonical)
+            values = runs[column]
+            if column != key and key in runs and values.isna().any():
+                values = values.fillna(runs[key])  # records without `config` (version 1) beside newer ones
+            return values.map(canonical)
     options = ", ".join(dict.fromkeys(label_keys(runs) + list(BASE_KEYS)))
     raise CompareError(f"--by {key}: no such key in the run records; choose from {options}, any config key "
                        "(e.g. optimizer.lr) or any column of results.csv")

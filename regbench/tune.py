@@ -123,6 +123,14 @@ def tune_config(overrides: list[str]) -> DictConfig:
                           "final runs must use seeds no trial used; change one of them")
     if not OmegaConf.is_dict(tune.space):
         raise ConfigError(f"tune.space={tune.space}: give KEY: {{low: ..., high: ..., log: true|false}} entries")
+    if tune.fixed is not None:
+        if not OmegaConf.is_list(tune.fixed) or not tune.fixed:
+            raise ConfigError(f"tune.fixed={tune.fixed}: give a list of folders or results.csv files of the fixed "
+                              "protocol's runs, e.g. tune.fixed=[outputs/sweeps/2026-12-06_10-00-00]")
+        missing = [str(f) for f in tune.fixed if not Path(str(f)).expanduser().exists()]
+        if missing:
+            raise ConfigError(f"tune.fixed: {missing[0]} does not exist (give the fixed protocol's sweep or run "
+                              "folders, or results.csv files)")
     return tune
 
 
@@ -691,11 +699,14 @@ def _test_values(folder: Path) -> dict[int, float]:
 
 def fixed_values(plan: Plan, tune: DictConfig) -> dict[int, float]:
     """seed -> the test metric of the fixed protocol's run of this regimen (the same command without the
-    tuned keys) on each final seed, found through the run index; {} unless every one of them exists."""
+    tuned keys) on each final seed, found through the run index, or among tune.fixed's runs (the regimen's
+    completed runs of the same task); {} unless every final seed has one."""
     from regbench import checkpoints
     from regbench.preflight import compose_config, merge_overrides
     from regbench.record import read_metrics
 
+    if tune.fixed is not None:
+        return _fixed_values_in([Path(str(f)).expanduser() for f in tune.fixed], plan, list(tune.final_seeds))
     out = {}
     for seed in tune.final_seeds:
         cfg = compose_config(merge_overrides(plan.overrides, [f"seed={seed}"]))
@@ -708,3 +719,21 @@ def fixed_values(plan: Plan, tune: DictConfig) -> dict[int, float]:
             return {}
         out[int(seed)] = float(value)
     return out
+
+
+def _fixed_values_in(sources: list[Path], plan: Plan, seeds: list[int]) -> dict[int, float]:
+    """seed -> the primary test metric of `plan`'s regimen among the records under `sources` (its task,
+    completed; of several runs of one seed, the latest)."""
+    from regbench.runs import load_runs, metric_columns
+
+    runs = load_runs(sources)
+    mine = runs[(runs["task"] == plan.cfg.task.name) & (runs["regularizer"] == plan.regimen)
+                & (runs["status"] == "completed") & runs["seed"].isin(seeds)]
+    if "started_at" in mine:
+        mine = mine.sort_values("started_at", kind="stable")
+    out = {}
+    for (_, row), column in zip(mine.iterrows(), metric_columns(mine, None) if len(mine) else []):
+        value = row.get(column)
+        if value is not None and value == value:
+            out[int(row["seed"])] = float(value)
+    return out if set(out) == set(seeds) else {}

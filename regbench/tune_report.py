@@ -108,4 +108,7 @@ def write(folder: Path, studies: dict[str, Any], protocols: pd.DataFrame) -> lis
         write_text_atomic(folder / "protocols.md", shown[["regimen", "fixed", "fixed_n", "tuned", "tuned_n",
                                                          "tuned_minus_fixed", "ci"]].to_markdown(index=False) + "\n")
         files += [folder / "protocols.csv", folder / "protocols.md"]
+    else:  # a table of an earlier invocation whose fixed runs are no longer found would read as this one's
+        for name in ("protocols.csv", "protocols.md"):
+            (folder / name).unlink(missing_ok=True)
     return files

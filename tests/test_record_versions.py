@@ -55,3 +55,15 @@ def test_compare_ranks_by_the_recorded_direction_not_by_the_metric_name(tmp_path
         path.write_text(json.dumps(record))
     summary = compare([sweep], metric="test.loss_gain").summary.set_index("regularizer")
     assert bool(summary.loc["bn", "higher_is_better"]) and summary.loc["bn", "rank"] == 1
+
+
+def test_records_without_config_compared_with_newer_ones_keep_their_names(small_run):
+    """The fixed protocol's MovieLens records (docs/results/study-cpu-movielens, written before `config`
+    existed) beside a run of today: each keeps its regularizer. They were all labelled `-` and merged into
+    one group of 15 "repeated seeds", since the newer record's config.regularizer.name column was read alone."""
+    _, run_dir = small_run("movielens", "regularizer=dropout")
+    summary = compare([RESULTS / "study-cpu-movielens", run_dir], baseline=None).summary
+    old = summary[summary["n"] == 3]
+    assert sorted(old["regularizer"]) == ["bn", "bn_dropout", "bn_dropout_gc", "dropout", "none"]
+    assert (old["repeated_seeds"] == 0).all() and len(summary) == 6
+    assert summary[summary["n"] == 1]["regularizer"].tolist() == ["dropout"]

@@ -249,9 +249,9 @@ def test_cnn13_does_not_fit_a_tagging_task(compose_cfg):
 @pytest.mark.skipif(not (SHARED_DATA / "conll2003" / "train.txt").is_file(), reason="../shared/data is absent")
 def test_short_real_conll2003_run_beats_the_all_o_baseline(small_run, compose_cfg, tmp_path):
     record, _ = small_run("conll2003", f"paths.data_dir={SHARED_DATA}",
-                            "data.limit_train=1000", "data.limit_eval=300", "trainer.max_epochs=4",
+                            "data.limit_train=500", "data.limit_eval=300", "trainer.max_epochs=3",
                             "model.hidden=100", "model.word_dim=50", "model.char_hidden=30", "regularizer=bn",
-                            "optimizer.lr=0.003", "trainer.batch_size=16")
+                            "optimizer.lr=0.005", "trainer.batch_size=32")  # F1 0.57, accuracy 0.885 (2026-12-06)
     test = record["test"]
     gold = [s.tags for s in read_conll(SHARED_DATA / "conll2003" / "test.txt", tag_column="auto")[:300]]
     all_o_accuracy = sum(t == "O" for tags in gold for t in tags) / sum(len(tags) for tags in gold)

@@ -140,6 +140,8 @@ def test_a_pruned_run_is_recorded_as_pruned_and_never_tested(small_cfg, tmp_path
     (["tune.pruner=hyperband"], "tune.pruner=hyperband: choose one of none, median, asha"),
     (["tune.launcher=k8s"], "tune.launcher=k8s: choose one of local, slurm"),
     (["tune.trial=3"], "there is no key 'tune.trial' in tune's configuration"),
+    (["tune.fixed=[/nowhere/sweep]"], "tune.fixed: /nowhere/sweep does not exist"),
+    (["tune.fixed=[]"], "tune.fixed=[]: give a list of folders or results.csv files"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tune, message, tune_args, tmp_path, monkeypatch, capsys):
     import sys
@@ -247,6 +249,23 @@ def test_the_budget_curve_sensitivity_plot_and_fixed_against_tuned_are_written(t
         assert protocols.loc[regimen, "fixed"] == pytest.approx(before)
         assert protocols.loc[regimen, "tuned_minus_fixed"] == pytest.approx(protocols.loc[regimen, "tuned"] - before)
     assert "Fixed protocol (the task's defaults, same seeds) against tuned" in capsys.readouterr().out
+
+    # Fixed runs that the run index does not hold (another machine's, docs/results'): tune.fixed names them.
+    # Here copies of the same records, their metric moved by 0.01, so the table shows which it read.
+    import json
+    import shutil
+
+    shutil.copytree(tmp_path / "fixed", tmp_path / "elsewhere")
+    for path in (tmp_path / "elsewhere").rglob("metrics.json"):
+        record = json.loads(path.read_text())
+        record["test"]["ndcg@10"] += 0.01
+        record["run_id"] = "f" + record["run_id"][1:]  # not the index's runs: only tune.fixed finds them
+        path.write_text(json.dumps(record))
+    assert tune_main(tune_args(f"tune.fixed=[{tmp_path / 'elsewhere'}]")) == 0  # trials and finals are reused
+    protocols = pd.read_csv(folder / "protocols.csv").set_index("regimen")
+    for regimen in ("none", "dropout"):
+        before = (fixed[(regimen, 0)] + fixed[(regimen, 1)]) / 2 + 0.01
+        assert protocols.loc[regimen, "fixed"] == pytest.approx(before)
 
 
 @pytest.mark.integration
