@@ -114,6 +114,24 @@ def test_mlflow_live_run_then_export_twice_is_one_run_with_clean_history(small_c
     assert {"history.csv", "metrics.json"} <= artifacts
 
 
+def test_runs_with_a_regularizer_of_ones_own_export_under_names_mlflow_allows(tmp_path):
+    """The orthogonality runs of docs/results/issue30-ortho hold code.regularizer.extra[0]._target_: MLflow
+    refuses brackets in a name, and `regbench export mlflow` stopped with its traceback on them."""
+    from pathlib import Path
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = export([Path(__file__).resolve().parents[1] / "docs" / "results" / "issue30-ortho"], uri, "ortho",
+                  plots=False)
+    assert (done.created, done.updated) == (6, 0)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("ortho").experiment_id])
+    extra = [r for r in runs if r.data.tags["regimen"] == "bn_dropout_ortho"]
+    assert len(extra) == 3
+    for run in extra:  # the entry itself, and the short hash of its source file (part of the run id)
+        assert "my_regularizer.Orthogonality" in run.data.params["regularizer.extra"]
+        assert len(run.data.params["code.regularizer.extra.0._target_"]) == 12
+
+
 @pytest.mark.integration
 def test_export_of_a_sweep_names_metrics_mlflow_can_hold_and_adds_plots(small_run, tmp_path, cli_env):
     small_run("movielens", name="sweep/0")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,7 +44,9 @@ BATCH = 500  # MLflow takes at most 1000 metrics, 100 params and 100 tags per ca
 
 
 def mlflow_name(key: str) -> str:
-    return key.replace("@", "_at_")
+    """A key as MLflow allows names (alphanumerics and _ - . space : /): `ndcg@10` -> `ndcg_at_10`, a list
+    entry's `regularizer.extra[0]._target_` -> `regularizer.extra.0._target_`."""
+    return re.sub(r"\[(\d+)\]", r".\1", key.replace("@", "_at_"))
 
 
 def default_tracking_uri(output_dir: str | Path) -> str:
