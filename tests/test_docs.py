@@ -27,7 +27,9 @@ def guide_commands() -> list[tuple[str, str, str | None]]:
     found = []
     for page in PAGES:
         fence, variables, folder = None, {}, None
-        for line in page.read_text().splitlines():
+        # a command continued over lines (`... \` then the rest) is one command
+        lines = re.sub(r"\\\n\s*", "", page.read_text()).splitlines()
+        for line in lines:
             if line.startswith("```"):
                 fence = line[3:].strip() if fence is None else None
                 variables, folder = {}, None
@@ -45,7 +47,7 @@ def guide_commands() -> list[tuple[str, str, str | None]]:
             command = line.split(" #")[0].strip()
             path = re.match(r"^(?:\w+=\S+\s+)*PYTHONPATH=(\S+)", command)
             command = re.sub(r"^(\w+=\S+\s+)+", "", command)  # REGBENCH_DATA=... in front
-            if command.startswith("regbench ") and not command.endswith("\\"):
+            if command.startswith("regbench "):
                 found.append((str(page.relative_to(ROOT)), command, path[1] if path else folder))
     return found
 
