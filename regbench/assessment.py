@@ -36,8 +36,8 @@ def assess(cfg: DictConfig, task: Any, model: torch.nn.Module, device: torch.dev
     record.eval_time_s = round(record.eval_time_s + time.perf_counter() - t1, 3)
     record.gap = record.train[task.primary_metric] - record.test[task.primary_metric]
     task.write_outputs(run_dir)
-    if cfg.trainer.test_outputs:
-        _write_test_outputs(cfg, task, run_dir)
+    if cfg.trainer.test_outputs and outputs is not None:
+        _write_test_outputs(cfg, outputs, run_dir)
     ccfg = cfg.trainer.compression
     if ccfg.prune or ccfg.int8:  # after the outputs: test_outputs.npz is the uncompressed model's
         t1 = time.perf_counter()
@@ -53,10 +53,7 @@ def assess(cfg: DictConfig, task: Any, model: torch.nn.Module, device: torch.dev
         setattr(record, key, value)
 
 
-def _write_test_outputs(cfg: DictConfig, task: Any, run_dir: Path) -> None:
-    outputs = task.test_outputs()
-    if outputs is None:
-        return
+def _write_test_outputs(cfg: DictConfig, outputs: dict[str, Any], run_dir: Path) -> None:
     size_mb = sum(np.asarray(v).nbytes for v in outputs.values()) / 2**20
     if size_mb > cfg.trainer.test_outputs_max_mb:
         log.warning("test_outputs.npz not written: it would be %.0f MB, over trainer.test_outputs_max_mb=%s",

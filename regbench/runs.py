@@ -253,7 +253,6 @@ def metric_columns(runs: pd.DataFrame, metric: str | None) -> pd.Series:
     return pd.Series(name, index=runs.index)
 
 
-
 def is_missing(value) -> bool:
     """No number: None, NaN or an infinity (a cell of a results.csv, a summary's empty difference)."""
     return value is None or (isinstance(value, float) and not math.isfinite(value))

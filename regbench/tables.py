@@ -112,7 +112,6 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-
 def files_line(files: Sequence[Path], verb: str = "wrote") -> str:
     """"wrote 13 files in DIR: a.csv, b.md, ..." folded at TERMINAL_WIDTH (it was one 800-column line)."""
     import os
@@ -126,4 +125,3 @@ def files_line(files: Sequence[Path], verb: str = "wrote") -> str:
     line = f"{verb} {plural(len(files), 'file')} in {folder}: {names}"
     return textwrap.fill(line, TERMINAL_WIDTH, subsequent_indent="  ", break_on_hyphens=False,
                          break_long_words=False)
-

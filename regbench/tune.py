@@ -724,7 +724,9 @@ def fixed_values(plan: Plan, tune: DictConfig) -> dict[int, float]:
 def _fixed_values_in(sources: list[Path], plan: Plan, seeds: list[int]) -> dict[int, float]:
     """seed -> the primary test metric of `plan`'s regimen among the records under `sources` (its task,
     completed; of several runs of one seed, the latest)."""
-    from regbench.runs import load_runs, metric_columns
+    import pandas as pd
+
+    from regbench.runs import load_runs
 
     runs = load_runs(sources)
     mine = runs[(runs["task"] == plan.cfg.task.name) & (runs["regularizer"] == plan.regimen)
@@ -732,8 +734,8 @@ def _fixed_values_in(sources: list[Path], plan: Plan, seeds: list[int]) -> dict[
     if "started_at" in mine:
         mine = mine.sort_values("started_at", kind="stable")
     out = {}
-    for (_, row), column in zip(mine.iterrows(), metric_columns(mine, None) if len(mine) else []):
-        value = row.get(column)
-        if value is not None and value == value:
+    for _, row in mine.iterrows():  # in start order: a seed's latest run is the one kept
+        value = row.get(f"test.{row['primary_metric']}")
+        if pd.notna(value):
             out[int(row["seed"])] = float(value)
     return out if set(out) == set(seeds) else {}

@@ -41,23 +41,13 @@ def capabilities(cfg: DictConfig) -> Capabilities:
 
 def builtin_models_for(inputs: str | None) -> list[str]:
     """The built-in model options (conf/model/*.yaml) whose factory takes these inputs, in name order."""
+    from regbench.preflight import compose_config
+
     if inputs is None:
         return []
-    fits = []
-    for name in sorted(builtin_models()):
-        preset = OmegaConf.load(str(files("regbench.conf").joinpath("model", f"{name}.yaml")))
-        target = preset.get("_target_") or _inherited_target(preset)
-        if target and getattr(importlib.import_module(target.rpartition(".")[0]), "INPUTS", None) == inputs:
-            fits.append(name)
-    return fits
-
-
-def _inherited_target(preset: DictConfig) -> str | None:
-    """The _target_ of the preset a model preset extends (mf is two_tower with other defaults)."""
-    for parent in preset.get("defaults") or ():
-        if isinstance(parent, str) and parent != "_self_":
-            return OmegaConf.load(str(files("regbench.conf").joinpath("model", f"{parent}.yaml"))).get("_target_")
-    return None
+    targets = {name: compose_config([f"model={name}"]).model._target_ for name in sorted(builtin_models())}
+    return [name for name, target in targets.items()
+            if getattr(importlib.import_module(target.rpartition(".")[0]), "INPUTS", None) == inputs]
 
 
 def builtin_models() -> set[str]:

@@ -72,8 +72,9 @@ class Task(ABC):
     # The data.* keys a task of the user's own reads (task=custom): any other data.* key is refused rather than
     # ignored. A task that takes data.* keys must declare them (the built-in tasks' keys are their YAML's).
     data_keys: ClassVar[tuple[str, ...] | None] = None
-    # The folder under paths.data_dir that holds this task's files (data_dirs): "conll2003", "movielens", ...
-    data_subdir: ClassVar[str] = ""
+    # The folder under paths.data_dir that holds this task's files (data_dirs); None: the task's name
+    # ("conll2003", "movielens", "mnist", ...), "": none
+    data_subdir: ClassVar[str | None] = None
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         self.cfg = cfg
@@ -114,11 +115,12 @@ class Task(ABC):
     @classmethod
     def data_dirs(cls, cfg: DictConfig) -> list[Path]:
         """Where the task's files are looked for, and downloaded into (the first): data.dir when it is set, else
-        paths.data_dir/<data_subdir>, then paths.data_dir."""
+        paths.data_dir/<data_subdir> (the task's name unless set), then paths.data_dir."""
         if cfg.get("data") is not None and cfg.data.get("dir"):
             return [Path(cfg.data.dir).expanduser()]
         root = Path(cfg.paths.data_dir)
-        return [root / cls.data_subdir, root] if cls.data_subdir else [root]
+        subdir = getattr(cls, "name", "") if cls.data_subdir is None else cls.data_subdir
+        return [root / subdir, root] if subdir else [root]
 
     @classmethod
     def check_data(cls, cfg: DictConfig) -> None:

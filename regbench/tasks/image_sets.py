@@ -59,22 +59,18 @@ class VisionDatasetTask(ImageClassificationTask):
 class Cifar100Task(VisionDatasetTask):
     name = "cifar100"
     dataset = vision.DATASETS["cifar100"]
-    data_subdir = "cifar100"
 
 
 class SvhnTask(VisionDatasetTask):
     name = "svhn"
     dataset = vision.DATASETS["svhn"]
-    data_subdir = "svhn"
 
 
 class FashionMnistTask(VisionDatasetTask):
     name = "fashion_mnist"
     dataset = vision.DATASETS["fashion_mnist"]
-    data_subdir = "fashion_mnist"
 
 
 class MnistTask(VisionDatasetTask):
     name = "mnist"
     dataset = vision.DATASETS["mnist"]
-    data_subdir = "mnist"

@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 class MovieLensTask(Task):
     name = "movielens"
     inputs = "interactions"  # two_tower, mf, popularity
-    data_subdir = "movielens"
     task_model_keys: ClassVar[tuple[str, ...]] = ("loss", "negatives", "num_negatives")  # the training objective
     primary_metric = "ndcg@10"
     metric_directions = {"hit": True, "precision": True, "recall": True, "mrr": True, "ndcg": True}

@@ -264,8 +264,6 @@ class Conll2003Task(TaggingTask):
     SPLITS = {"train": ("train.txt", "eng.train"), "val": ("valid.txt", "eng.testa", "dev.txt"),
               "test": ("test.txt", "eng.testb")}
 
-    data_subdir = "conll2003"
-
     @classmethod
     def check_data(cls, cfg: DictConfig) -> None:
         conll.locate_splits(cls.data_dirs(cfg), "CoNLL-2003", cls.SPLITS)
@@ -298,7 +296,6 @@ class ConllTask(TaggingTask):
 
 class Conll2000Task(TaggingTask):
     name = "conll2000"
-    data_subdir = "conll2000"
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
