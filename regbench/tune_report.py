@@ -10,11 +10,13 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from omegaconf import DictConfig
 
 from regbench.budget import budget_curve
 from regbench.tables import fmt
 from regbench.statistics import difference, mean_interval
 from regbench.fileio import write_csv_atomic, write_text_atomic
+from regbench.tune_space import Plan
 
 
 def trial_rows(studies: dict[str, Any]) -> pd.DataFrame:
@@ -112,3 +114,60 @@ def write(folder: Path, studies: dict[str, Any], protocols: pd.DataFrame) -> lis
         for name in ("protocols.csv", "protocols.md"):
             (folder / name).unlink(missing_ok=True)
     return files
+
+
+def test_values(folder: Path) -> dict[int, float]:
+    """seed -> the primary test metric of the completed runs under `folder`."""
+    from regbench.record import read_metrics
+
+    out = {}
+    for path in sorted(folder.glob("*/metrics.json")):
+        record = read_metrics(path.parent)
+        value = record.get("test", {}).get(record.get("primary_metric"))
+        if record.get("status") == "completed" and value is not None:
+            out[int(record["seed"])] = float(value)
+    return out
+
+
+def fixed_values(plan: Plan, tune: DictConfig) -> dict[int, float]:
+    """seed -> the test metric of the fixed protocol's run of this regimen (the same command without the
+    tuned keys) on each final seed, found through the run index, or among tune.fixed's runs (the regimen's
+    completed runs of the same task); {} unless every final seed has one."""
+    from regbench import checkpoints
+    from regbench.preflight import compose_config, merge_overrides
+    from regbench.record import read_metrics
+
+    if tune.fixed is not None:
+        return _fixed_values_in([Path(str(f)).expanduser() for f in tune.fixed], plan, list(tune.final_seeds))
+    out = {}
+    for seed in tune.final_seeds:
+        cfg = compose_config(merge_overrides(plan.overrides, [f"seed={seed}"]))
+        earlier = checkpoints.find_earlier(cfg, checkpoints.run_id(cfg), Path("/nonexistent"))
+        if earlier is None or not earlier.final:
+            return {}
+        record = read_metrics(earlier.run_dir)
+        value = record.get("test", {}).get(record.get("primary_metric"))
+        if record.get("status") != "completed" or value is None:
+            return {}
+        out[int(seed)] = float(value)
+    return out
+
+
+def _fixed_values_in(sources: list[Path], plan: Plan, seeds: list[int]) -> dict[int, float]:
+    """seed -> the primary test metric of `plan`'s regimen among the records under `sources` (its task,
+    completed; of several runs of one seed, the latest)."""
+    import pandas as pd
+
+    from regbench.runs import load_runs
+
+    runs = load_runs(sources)
+    mine = runs[(runs["task"] == plan.cfg.task.name) & (runs["regularizer"] == plan.regimen)
+                & (runs["status"] == "completed") & runs["seed"].isin(seeds)]
+    if "started_at" in mine:
+        mine = mine.sort_values("started_at", kind="stable")
+    out = {}
+    for _, row in mine.iterrows():  # in start order: a seed's latest run is the one kept
+        value = row.get(f"test.{row['primary_metric']}")
+        if pd.notna(value):
+            out[int(row["seed"])] = float(value)
+    return out if set(out) == set(seeds) else {}

@@ -69,7 +69,8 @@ def test_every_command_in_the_guide_is_valid(page, command, folder, monkeypatch)
         monkeypatch.delitem(sys.modules, name, raising=False)
     args = shlex.split(command)[1:]
     if args and args[0] == "tune":
-        from regbench.tune import plans, split_command_line, tune_config
+        from regbench.tune import split_command_line
+        from regbench.tune_space import plans, tune_config
 
         runs, tune = split_command_line(args[1:])
         plans(runs, tune_config(tune), machine=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -19,7 +19,7 @@ from regbench.ema import WeightAverage
 from regbench.errors import ConfigError
 from regbench.models import build_model
 from regbench.optim import build_optimizer
-from regbench.record import ADDED_KEYS, read_metrics
+from regbench.record import ADDED_KEYS
 from regbench.regimen import Regimen, adaptive_clip_
 from regbench.tasks.tagging import MODEL_INPUTS
 from regbench.validation import validate

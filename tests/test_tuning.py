@@ -89,7 +89,8 @@ def test_a_trial_left_running_by_a_dead_process_runs_again_and_counts_once(tune_
 def test_a_crashed_trial_stops_the_tune_is_queued_again_and_never_counts(tune_args, tmp_path, monkeypatch):
     """A crash (a bug, the machine) says nothing about the trial's point: before, every later trial crashed too
     and the whole budget was spent on failures in seconds, leaving a study "finished" with nothing in it."""
-    from regbench.tune import TrialCrashed, tune_main
+    from regbench.tune import tune_main
+    from regbench.tune_studies import TrialCrashed
 
     real_run, calls = runner.run, []
 
@@ -317,7 +318,8 @@ def test_the_space_takes_an_initialisation_and_a_warmup_length_as_nuisance(tune_
 def test_the_edge_warnings_advice_works(tune_args):
     """'move the range (tune.space.regularizer.dropout.p)': one bound of a regimen's own key can be moved
     alone, the other kept from its default range."""
-    from regbench.tune import plans, split_command_line, tune_config
+    from regbench.tune import split_command_line
+    from regbench.tune_space import plans, tune_config
 
     runs, tune = split_command_line(tune_args("tune.space.regularizer.dropout.p.high=0.9"))
     dropout = next(p for p in plans(runs, tune_config(tune), machine=False) if p.regimen == "dropout")
@@ -343,7 +345,8 @@ def test_parallel_workers_never_propose_the_same_point(tune_args, tmp_path):
     sampler has tune.sampler_seed (reproducible), with several each process a seed of its own."""
     from omegaconf import OmegaConf
 
-    from regbench.tune import sampler_seed, tune_config
+    from regbench.tune_space import tune_config
+    from regbench.tune_studies import sampler_seed
 
     one = tune_config(["tune.sampler_seed=7"])
     assert sampler_seed(one, "sqlite:///x.db") == 7
