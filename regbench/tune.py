@@ -111,8 +111,10 @@ def work(run_overrides: list[str], tune_overrides: list[str], worker: int = 0) -
         regimen, trial = picked
         state = run_trial(plans_[regimen], studies[regimen], trial, folder, threads)
         ran += 1
-        log.info("worker %d: %s trial %d %s (%d of %d)", worker, regimen, trial.number, state,
-                 counted(studies[regimen]), tune.trials)
+        # A worker process prefixes its lines with "[worker N]" itself (work's logging set-up).
+        log.info("%s trial %d %s (%d of %d for %s; %d of %d in all)", regimen, trial.number, state,
+                 counted(studies[regimen]), tune.trials, regimen, sum(map(counted, studies.values())),
+                 tune.trials * len(studies))
 
 
 def _work_in_process(args: tuple) -> int:

@@ -34,10 +34,14 @@ def studies(tmp_path) -> dict:
 
 
 def test_each_regimen_gets_the_same_budget_is_selected_on_validation_and_rerun_on_fresh_seeds(tune_args, tmp_path,
-                                                                                              capsys):
+                                                                                              capsys, caplog):
     from regbench.tune import tune_main
 
-    assert tune_main(tune_args()) == 0
+    with caplog.at_level("INFO", logger="regbench.tune"):
+        assert tune_main(tune_args()) == 0
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().endswith("in all)")]
+    assert len(progress) == 6 and progress[0].endswith("(1 of 3 for none; 1 of 6 in all)")
+    assert progress[-1].endswith("(3 of 3 for dropout; 6 of 6 in all)")  # the regimen furthest behind goes next
     found = studies(tmp_path)
     for regimen, study in found.items():
         trials = study.get_trials()
