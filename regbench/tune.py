@@ -237,6 +237,11 @@ def _tune(argv: list[str]) -> int:
     files = comparison.write(folder)
     tuned = {r: tune_report.test_values(folder / "final" / r) for r in chosen}
     fixed = {plan.regimen: tune_report.fixed_values(plan, tune) for plan in plans_}
+    missing = [r for r, values in fixed.items() if not values]
+    if tune.fixed is not None and missing:  # asked for, not found: say why the table lacks them
+        log.warning("tune.fixed: no completed %s runs of %s on every seed of %s among %s, so the fixed-against-tuned "
+                    "table leaves out %s", plans_[0].cfg.task.name, ", ".join(f"regularizer={r}" for r in missing),
+                    list(tune.final_seeds), ", ".join(map(str, tune.fixed)), ", ".join(missing))
     protocols = tune_report.protocols_table(fixed, tuned)
     files += [folder / "tuned.json", *tune_report.write(folder, studies, protocols)]
     print("Tuned protocol: each regimen's best configuration (by validation) on fresh seeds\n")

@@ -227,7 +227,8 @@ def test_two_workers_and_a_sigkilled_search_keep_exactly_the_budget(tune_args, t
     assert len(finals) == 4 and {(r["status"], r["threads"]) for r in finals} == {("completed", 1)}
 
 
-def test_the_budget_curve_sensitivity_plot_and_fixed_against_tuned_are_written(tune_args, tmp_path, capsys):
+def test_the_budget_curve_sensitivity_plot_and_fixed_against_tuned_are_written(tune_args, tmp_path, capsys,
+                                                                                 caplog):
     """The fixed protocol's runs of the same grid (the same command at the task's defaults, on the final
     seeds) are found through the run index, and each regimen's tuned-minus-fixed difference is paired."""
     import pandas as pd
@@ -271,6 +272,14 @@ def test_the_budget_curve_sensitivity_plot_and_fixed_against_tuned_are_written(t
     for regimen in ("none", "dropout"):
         before = (fixed[(regimen, 0)] + fixed[(regimen, 1)]) / 2 + 0.01
         assert protocols.loc[regimen, "fixed"] == pytest.approx(before)
+
+    # A regimen that lacks a fixed run on a final seed is left out of the table, and the command says so.
+    shutil.rmtree(tmp_path / "elsewhere" / "dropout" / "1")
+    with caplog.at_level("WARNING", logger="regbench.tune"):
+        assert tune_main(tune_args(f"tune.fixed=[{tmp_path / 'elsewhere'}]")) == 0
+    assert list(pd.read_csv(folder / "protocols.csv")["regimen"]) == ["none"]
+    assert any("no completed movielens runs of regularizer=dropout on every seed of [0, 1]" in r.getMessage()
+               for r in caplog.records)
 
 
 @pytest.mark.integration
