@@ -134,6 +134,32 @@ def test_a_pruned_run_is_recorded_as_pruned_and_never_tested(small_cfg, tmp_path
     assert full["status"] == "completed" and full["reused_from"] is None and full["epochs_run"] == 3
 
 
+def test_asha_prunes_trials_through_the_command_and_pruned_ones_count_but_are_never_chosen(tune_args, tmp_path):
+    """tune.pruner=asha (the CPU study's pruner): trials stop after an epoch through the loop's hook, their
+    records say `pruned` and were never tested, they count against the budget, and the final runs use a
+    completed trial."""
+    import pandas as pd
+
+    from regbench.tune import tune_main
+
+    assert tune_main(tune_args("tune.regimens=[none]", "tune.trials=6", "tune.pruner=asha", "trainer.max_epochs=4",
+                               "tune.final_seeds=[0]")) == 0
+    study = optuna.load_study(study_name=f"{STUDY}.none", storage=f"sqlite:///{tmp_path / 'tune' / 'optuna.db'}")
+    states = [t.state.name for t in study.get_trials()]
+    assert len(states) == 6 and "PRUNED" in states and "COMPLETE" in states
+    for trial in study.get_trials():
+        record = json.loads((tmp_path / "tune" / "trials" / "none" / f"{trial.number:04d}" / "metrics.json").read_text())
+        if trial.state.name == "PRUNED":
+            assert record["status"] == "pruned" and record["epochs_run"] < 4 and record["test"] == {}
+            assert sorted(trial.intermediate_values) == list(range(1, record["epochs_run"] + 1))
+        else:
+            assert record["status"] == "completed" and record["epochs_run"] == 4
+    assert set(pd.read_csv(tmp_path / "tune" / "trials.csv")["state"]) == {"pruned", "complete"}
+    final = json.loads((tmp_path / "tune" / "final" / "none" / "s0" / "metrics.json").read_text())
+    assert float(final["config"]["optimizer"]["lr"]) == study.best_trial.params["optimizer.lr"]
+    assert study.best_trial.state.name == "COMPLETE"
+
+
 @pytest.mark.parametrize("tune, message", [
     (["tune.space={}", "tune.conditional=false"], "tune.space is empty and tune.conditional=false: there is nothing"),
     (["tune.space.optimizer.weight_decay.low=1"], "tune.space.optimizer.weight_decay: low=1 is not below high=0.01"),
