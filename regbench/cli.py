@@ -353,8 +353,37 @@ def _help_in_100_columns() -> None:
     sys.exit(code)
 
 
+TUNE_USAGE = """usage: regbench tune [OVERRIDE ...] [tune.KEY=VALUE ...]
+
+Each regimen of tune.regimens gets its own nuisance hyper-parameters (learning rate, weight decay, and
+its own keys where it reads them) tuned under the same budget, selected on validation; then each
+regimen's best configuration is trained again on tune.final_seeds and only those runs are compared
+(docs/tuning.md). OVERRIDEs are a run's (task=movielens, model.width=0.25, ...); the regimen and the
+seed belong to the protocol. Run the same command again to continue a search.
+
+example: regbench tune task=movielens 'tune.regimens=[none,bn]' tune.trials=16 tune.workers=2
+
+tune's keys and their defaults (conf/tune/default.yaml):
+"""
+
+
+def _tune_help() -> str:
+    from importlib.resources import files
+
+    text = files("regbench.conf").joinpath("tune", "default.yaml").read_text(encoding="utf-8")
+    start = next(i for i, line in enumerate(text.splitlines()) if not line.startswith("#"))
+    return TUNE_USAGE + "\n".join(text.splitlines()[start:]) + "\n"
+
+
 def _tune(argv: list[str]) -> int:
     """`regbench tune ...` (regbench.tune); bad input is one line and exit 2, as for a run."""
+    if any(a in ("-h", "--help") for a in argv):
+        import contextlib
+
+        with contextlib.suppress(BrokenPipeError):  # `regbench tune --help | head`
+            print(_tune_help(), end="")
+            sys.stdout.flush()
+        return 0
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     from regbench.tune import tune_main

@@ -196,6 +196,21 @@ def test_a_study_name_reused_with_another_space_is_refused(tune_args, tmp_path, 
         tune_main(tune_args("tune.trials=1", "tune.space.optimizer.weight_decay.high=0.1"))
 
 
+def test_tune_help_explains_the_command_and_lists_every_key_with_its_default(capsys):
+    from importlib.resources import files
+
+    import yaml
+
+    from regbench.cli import _tune
+
+    assert _tune(["task=movielens", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: regbench tune [OVERRIDE ...] [tune.KEY=VALUE ...]") and "docs/tuning.md" in out
+    listed = yaml.safe_load(out.split("(conf/tune/default.yaml):\n", 1)[1])  # the keys as YAML, comments and all
+    assert listed == yaml.safe_load(files("regbench.conf").joinpath("tune", "default.yaml").read_text())
+    assert listed["trials"] == 16 and listed["pruner"] == "none"
+
+
 def test_hydra_sweeper_tune_points_to_regbench_tune(monkeypatch, capsys):
     import sys
 
