@@ -186,9 +186,8 @@ def plans(run_overrides: list[str], tune: DictConfig, machine: bool = True) -> l
         overrides = merge_overrides(run_overrides, [f"regularizer={name}", f"seed={tune.trial_seed}"])
         try:
             cfg = compose_config(overrides)
-        except Exception as err:  # noqa: BLE001 - Hydra's composition errors, as the run command words them
-            raise ConfigError(f"tune.regimens: regularizer={name} cannot be composed ({str(err).splitlines()[0]})") \
-                from None
+        except Exception as err:  # noqa: BLE001 - Hydra's composition errors, worded as the run command words them
+            raise _composition_error(overrides, str(name), err, machine) from None
         regimen = validate(cfg, machine=machine)
         out.append(Plan(str(name), overrides, cfg, ranges(tune, cfg, regimen)))
     searched = {r.key for plan in out for r in plan.ranges}
@@ -197,3 +196,16 @@ def plans(run_overrides: list[str], tune: DictConfig, machine: bool = True) -> l
             raise ConfigError(f"tune.space.{key}: none of tune.regimens ({', '.join(map(str, tune.regimens))}) reads "
                               f"{key}, so searching it would only add noise; leave it out of tune.space")
     return out
+
+
+def _composition_error(overrides: list[str], regimen: str, err: Exception, machine: bool) -> ConfigError:
+    """The one line the run command would give for what does not compose (naming the override at fault:
+    task=nonexistent, a regimen of tune.regimens that does not exist), else Hydra's own first line."""
+    from regbench.preflight import check_command_line
+
+    try:
+        check_command_line(overrides, machine=machine)
+    except ConfigError as explained:
+        text = str(explained)
+        return ConfigError(f"tune.regimens: {text}" if text.startswith(f"regularizer={regimen}:") else text)
+    return ConfigError(f"tune.regimens: regularizer={regimen} cannot be composed ({str(err).splitlines()[0]})")

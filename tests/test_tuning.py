@@ -173,6 +173,9 @@ def test_asha_prunes_trials_through_the_command_and_pruned_ones_count_but_are_ne
     (["tune.trial=3"], "there is no key 'tune.trial' in tune's configuration"),
     (["tune.fixed=[/nowhere/sweep]"], "tune.fixed: /nowhere/sweep does not exist"),
     (["tune.fixed=[]"], "tune.fixed=[]: give a list of folders or results.csv files"),
+    # what does not compose is worded as the run command words it, naming the override at fault
+    (["tune.regimens=[none,bogus]"], "tune.regimens: regularizer=bogus: no such option; choose one of bn, bn_dropout"),
+    (["model=bogus"], "model=bogus: no such option; choose one of bilstm, cnn13"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tune, message, tune_args, tmp_path, monkeypatch, capsys):
     import sys
