@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ from omegaconf import DictConfig
 from regbench import tune_report
 from regbench.errors import ConfigError, RegbenchError
 from regbench.tune_space import Plan, Range, plans, tune_config
-from regbench.tune_studies import (REQUEUED_ATTR, TrialCrashed, ask_lock, counted, file_lock, next_trial,
-                                   open_studies, requeue_stale, storage_url, tune_dir)
+from regbench.tune_studies import (REQUEUED_ATTR, TrialCrashed, TrialInterrupted, ask_lock, counted, file_lock,
+                                   next_trial, open_studies, requeue_stale, storage_url, tune_dir)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ def run_trial(plan: Plan, study, trial, folder: Path, threads: int | None = None
         study._storage.set_trial_system_attr(trial._trial_id, REQUEUED_ATTR, True)
         study.tell(trial, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, skip_if_exists=False)
+        if isinstance(err, runner.RunInterrupted):  # Ctrl-C, SIGTERM: the user's stop, not a crash
+            raise TrialInterrupted(f"{err.args[0].split(';')[0]}: trial {trial.number} of study {study.study_name} is "
+                                   "queued again and does not count; run the same command to continue (the trial "
+                                   "resumes from its last finished epoch)", err.signum) from None
         what = err if isinstance(err, RegbenchError) else f"{type(err).__name__}: {err}"
         raise TrialCrashed(f"trial {trial.number} of study {study.study_name} crashed: {what} (its record: "
                            f"{run_dir / 'metrics.json'}). It is queued again and does not count: fix the cause and "
@@ -117,8 +122,83 @@ def work(run_overrides: list[str], tune_overrides: list[str], worker: int = 0) -
                  tune.trials * len(studies))
 
 
-def _work_in_process(args: tuple) -> int:
-    return work(*args)
+def run_in_processes(target: Any, argument_lists: list[tuple]) -> None:
+    """target(*arguments) for each argument tuple, each in a spawned process of its own, all at once; returns
+    when all have ended. Ctrl-C or SIGTERM to this process goes on to them as SIGTERM: one in a run stops
+    after its step (its checkpoint stays, a trial is queued again), one between runs ends at once. Then
+    this raises TrialInterrupted (exit 128 + the signal); else the first error a worker raised, as one line."""
+    import multiprocessing
+    import os
+    import signal
+
+    ctx = multiprocessing.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    processes = [ctx.Process(target=_in_process, args=(target, arguments, errors)) for arguments in argument_lists]
+    stopped: list[int] = []
+
+    def pass_on(signum: int, frame: Any) -> None:
+        if not stopped:
+            log.warning("%s received: the workers stop after their current step", signal.Signals(signum).name)
+        stopped.append(signum)
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for process in processes:
+            process.start()
+            if stopped:  # a signal came while they were starting
+                pass_on(stopped[0], None)
+        for process in processes:
+            process.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped:
+        name = signal.Signals(stopped[0]).name
+        raise TrialInterrupted(f"stopped by {name}: the trials and runs that were training are queued again or "
+                               "keep their last finished epoch; run the same command to continue", stopped[0])
+    reported = []
+    while not errors.empty():
+        reported.append(errors.get())
+    if reported:
+        message, code = reported[0]
+        raise WorkerFailed(message, code)
+    failed = [p for p in processes if p.exitcode]
+    if failed:
+        raise WorkerFailed(f"a worker process ended with exit code {failed[0].exitcode} (its lines above say why); "
+                           "run the same command to continue", 1)
+
+
+class WorkerFailed(RegbenchError):
+    """A worker process's error, told to the command's process: its one line and its exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def __reduce__(self):
+        return type(self), (self.args[0], self.exit_code)
+
+
+def _in_process(target: Any, arguments: tuple, errors: Any) -> None:
+    """A worker process: Ctrl-C reaches the whole process group, and the command's process passes it on as
+    SIGTERM, so the worker ignores SIGINT itself (one landing while it talks to the storage would break that
+    commit; a run in progress handles SIGTERM and stops after its step)."""
+    import signal
+
+    from regbench import runner
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        target(*arguments)
+    except RegbenchError as err:
+        errors.put((str(err), int(getattr(err, "exit_code", 2))))
+        sys.exit(int(getattr(err, "exit_code", 2)))
+    except runner.RunInterrupted as err:  # a final run stopped by the SIGTERM passed on
+        errors.put((str(err), 128 + int(err.signum)))
+        sys.exit(128 + int(err.signum))
 
 
 # -- the command ------------------------------------------------------------------------------------
@@ -165,15 +245,23 @@ def tune_main(argv: list[str]) -> int:
     and compare those runs only. Returns the exit code."""
     from regbench.tasks.base import keep_data_in_process
 
+    from regbench import runner
+
     try:
         return _tune(argv)
+    except KeyboardInterrupt:  # Ctrl-C between two runs of a search in this process
+        import signal
+
+        raise TrialInterrupted("stopped by SIGINT: a trial that was running is queued again and does not count; "
+                               "run the same command to continue", signal.SIGINT) from None
+    except runner.RunInterrupted as err:  # a final run trained in this process
+        raise TrialInterrupted(str(err), err.signum) from None
     finally:
         keep_data_in_process(False)  # what the trials kept is not for whatever this process does next
 
 
 def _tune(argv: list[str]) -> int:
     import json
-    import multiprocessing
 
     from regbench.compare import compare
     from regbench.tables import files_line
@@ -205,8 +293,7 @@ def _tune(argv: list[str]) -> int:
         elif workers == 1:
             work(run_overrides, tune_overrides)
         else:
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                pool.map(_work_in_process, [(run_overrides, tune_overrides, i) for i in range(workers)])
+            run_in_processes(work, [(run_overrides, tune_overrides, i) for i in range(workers)])
         chosen = {}
         for plan in plans_:
             found = best_overrides(plan, studies[plan.regimen])
@@ -222,8 +309,8 @@ def _tune(argv: list[str]) -> int:
             _wait(slurm_executor(tune, folder).map_array(final_run, *zip(*finals)))
         elif workers > 1 and len(finals) > 1:  # as many at once as there were workers, each on its share of CPUs
             threads = worker_threads(plans_[0].cfg, workers)
-            with multiprocessing.get_context("spawn").Pool(min(workers, len(finals)), _final_worker_start) as pool:
-                pool.map(_final_in_process, [(o, d, threads) for o, d in finals], chunksize=1)
+            shares = [finals[i::workers] for i in range(min(workers, len(finals)))]
+            run_in_processes(final_runs, [(share, threads) for share in shares])
         else:
             for overrides, run_dir in finals:
                 final_run(overrides, run_dir)
@@ -263,17 +350,16 @@ def final_run(overrides: list[str], run_dir: Path, threads: int | None = None) -
                       threads)["status"]
 
 
-def _final_worker_start() -> None:
-    """A local process that trains final runs: the data read once for all of them, its lines on stderr."""
+def final_runs(runs: list[tuple[list[str], Path]], threads: int | None) -> None:
+    """A local worker process's share of the final runs: the data read once for all of them, its lines on
+    stderr."""
     from regbench.tasks.base import keep_data_in_process
 
     keep_data_in_process()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[final] %(message)s")
-
-
-def _final_in_process(args: tuple) -> str:
-    return final_run(*args)
+    for overrides, run_dir in runs:
+        final_run(overrides, run_dir, threads)
 
 
 def slurm_executor(tune: DictConfig, folder: Path):

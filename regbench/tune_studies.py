@@ -125,6 +125,18 @@ class TrialCrashed(RegbenchError):
     exit_code = 1
 
 
+class TrialInterrupted(RegbenchError):
+    """Ctrl-C or SIGTERM stopped a trial between two steps: it is queued again and does not count, its run
+    resumes from its checkpoint when the same command runs again; exit code 128 + the signal's number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
+
+    def __reduce__(self):  # raised in a worker process, re-raised in the command's: pickled with its signal
+        return type(self), (self.args[0], self.exit_code - 128)
+
+
 def requeue_stale(study) -> int:
     """Trials left RUNNING by a process of this machine that died: failed, and their parameters queued again
     (the run of the queued trial resumes from its checkpoint). Trials of live workers, here or on other

@@ -271,6 +271,62 @@ def test_two_workers_and_a_sigkilled_search_keep_exactly_the_budget(tune_args, t
     assert len(finals) == 4 and {(r["status"], r["threads"]) for r in finals} == {("completed", 1)}
 
 
+def live_processes_in_group(pgid: int) -> list[str]:
+    """The processes of a process group that still run (not zombies: this machine's init may reap late)."""
+    from pathlib import Path
+
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            live.append(stat.parent.name)
+    return live
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("signame, to_group", [("SIGINT", True), ("SIGTERM", False)], ids=["ctrl-c", "kill-pid"])
+def test_a_search_stopped_by_ctrl_c_or_sigterm_ends_in_one_line_and_leaves_no_worker(signame, to_group, tune_args,
+                                                                                    tmp_path, cli_env):
+    """Ctrl-C (SIGINT to the whole process group) or `kill PID` (SIGTERM to the command alone) during a
+    two-worker search: the command passes it on to its workers, which stop after their step and queue their
+    trial again; it ends with one line and exit code 128 + the signal, and no worker is left running (before
+    2026-12-06 the command hung on its pool, or died and left its workers training)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sig = getattr(signal, signame)
+    args = [sys.executable, "-m", "regbench", "tune", *tune_args("tune.trials=3", "tune.workers=2",
+                                                                 "trainer.max_epochs=30")]
+    process = subprocess.Popen(args, env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's
+    deadline = time.time() + 300
+    while len(list((tmp_path / "tune" / "trials").glob("*/*/checkpoints/last.pt"))) < 2:
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.05)
+    (os.killpg if to_group else os.kill)(process.pid, sig)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + sig, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith(f"regbench tune: error: stopped by {signame}: "), err[-3000:]
+    time.sleep(1)
+    assert live_processes_in_group(process.pid) == []  # nothing of the command is left (zombies aside)
+    for study in studies(tmp_path).values():
+        trials = study.get_trials()
+        assert not [t for t in trials if t.state.name == "RUNNING"]
+        for trial in (t for t in trials if t.state.name == "FAIL"):
+            assert trial.system_attrs.get("regbench_requeued")  # queued again, not counted
+            run = tmp_path / "tune" / "trials" / study.study_name.rsplit(".", 1)[1] / f"{trial.number:04d}"
+            assert json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
+            assert (run / "checkpoints" / "last.pt").is_file()  # the queued trial resumes from here
+        assert any(t.state.name == "FAIL" for t in trials)
+
+
 def test_the_budget_curve_sensitivity_plot_and_fixed_against_tuned_are_written(tune_args, tmp_path, capsys,
                                                                                  caplog):
     """The fixed protocol's runs of the same grid (the same command at the task's defaults, on the final
