@@ -144,7 +144,10 @@ def run_in_processes(target: Any, argument_lists: list[tuple]) -> None:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
 
-    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM)}
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may handle signals
+    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
         for process in processes:
             process.start()
