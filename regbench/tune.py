@@ -132,8 +132,11 @@ def run_in_processes(target: Any, argument_lists: list[tuple]) -> None:
     import signal
 
     ctx = multiprocessing.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    processes = [ctx.Process(target=_in_process, args=(target, arguments, errors)) for arguments in argument_lists]
+    # One pipe per worker for its error, not a Queue: a Queue's semaphore outlives a worker ended by a signal
+    # and the resource tracker then warns of a leak after the command's last line.
+    pipes = [ctx.Pipe(duplex=False) for _ in argument_lists]
+    processes = [ctx.Process(target=_in_process, args=(target, arguments, send))
+                 for arguments, (_, send) in zip(argument_lists, pipes)]
     stopped: list[int] = []
 
     def pass_on(signum: int, frame: Any) -> None:
@@ -162,9 +165,7 @@ def run_in_processes(target: Any, argument_lists: list[tuple]) -> None:
         name = signal.Signals(stopped[0]).name
         raise TrialInterrupted(f"stopped by {name}: the trials and runs that were training are queued again or "
                                "keep their last finished epoch; run the same command to continue", stopped[0])
-    reported = []
-    while not errors.empty():
-        reported.append(errors.get())
+    reported = [receive.recv() for receive, _ in pipes if receive.poll()]
     if reported:
         message, code = reported[0]
         raise WorkerFailed(message, code)
@@ -185,7 +186,7 @@ class WorkerFailed(RegbenchError):
         return type(self), (self.args[0], self.exit_code)
 
 
-def _in_process(target: Any, arguments: tuple, errors: Any) -> None:
+def _in_process(target: Any, arguments: tuple, errors: Any) -> None:  # errors: the send end of a pipe
     """A worker process: Ctrl-C reaches the whole process group, and the command's process passes it on as
     SIGTERM, so the worker ignores SIGINT itself (one landing while it talks to the storage would break that
     commit; a run in progress handles SIGTERM and stops after its step)."""
@@ -197,10 +198,10 @@ def _in_process(target: Any, arguments: tuple, errors: Any) -> None:
     try:
         target(*arguments)
     except RegbenchError as err:
-        errors.put((str(err), int(getattr(err, "exit_code", 2))))
+        errors.send((str(err), int(getattr(err, "exit_code", 2))))
         sys.exit(int(getattr(err, "exit_code", 2)))
     except runner.RunInterrupted as err:  # a final run stopped by the SIGTERM passed on
-        errors.put((str(err), 128 + int(err.signum)))
+        errors.send((str(err), 128 + int(err.signum)))
         sys.exit(128 + int(err.signum))
 
 
