@@ -370,9 +370,9 @@ tune's keys and their defaults (conf/tune/default.yaml):
 def _tune_help() -> str:
     from importlib.resources import files
 
-    text = files("regbench.conf").joinpath("tune", "default.yaml").read_text(encoding="utf-8")
-    start = next(i for i, line in enumerate(text.splitlines()) if not line.startswith("#"))
-    return TUNE_USAGE + "\n".join(text.splitlines()[start:]) + "\n"
+    lines = files("regbench.conf").joinpath("tune", "default.yaml").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if not line.startswith("#"))  # below the header comment
+    return TUNE_USAGE + "\n".join(lines[start:]) + "\n"
 
 
 def _tune(argv: list[str]) -> int:

@@ -182,9 +182,6 @@ class WorkerFailed(RegbenchError):
         super().__init__(message)
         self.exit_code = exit_code
 
-    def __reduce__(self):
-        return type(self), (self.args[0], self.exit_code)
-
 
 def _in_process(target: Any, arguments: tuple, errors: Any) -> None:  # errors: the send end of a pipe
     """A worker process: Ctrl-C reaches the whole process group, and the command's process passes it on as
@@ -198,11 +195,13 @@ def _in_process(target: Any, arguments: tuple, errors: Any) -> None:  # errors: 
     try:
         target(*arguments)
     except RegbenchError as err:
-        errors.send((str(err), int(getattr(err, "exit_code", 2))))
-        sys.exit(int(getattr(err, "exit_code", 2)))
+        message, code = str(err), int(getattr(err, "exit_code", 2))
     except runner.RunInterrupted as err:  # a final run stopped by the SIGTERM passed on
-        errors.send((str(err), 128 + int(err.signum)))
-        sys.exit(128 + int(err.signum))
+        message, code = str(err), 128 + int(err.signum)
+    else:
+        return
+    errors.send((message, code))
+    sys.exit(code)
 
 
 # -- the command ------------------------------------------------------------------------------------

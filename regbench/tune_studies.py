@@ -133,9 +133,6 @@ class TrialInterrupted(RegbenchError):
         super().__init__(message)
         self.exit_code = 128 + int(signum)
 
-    def __reduce__(self):  # raised in a worker process, re-raised in the command's: pickled with its signal
-        return type(self), (self.args[0], self.exit_code - 128)
-
 
 def requeue_stale(study) -> int:
     """Trials left RUNNING by a process of this machine that died: failed, and their parameters queued again
