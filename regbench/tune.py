@@ -21,8 +21,8 @@ from omegaconf import DictConfig
 from regbench import tune_report
 from regbench.errors import ConfigError, RegbenchError
 from regbench.tune_space import Plan, Range, plans, tune_config
-from regbench.tune_studies import (REQUEUED_ATTR, TrialCrashed, TrialInterrupted, ask_lock, counted, file_lock,
-                                   next_trial, open_studies, requeue_stale, storage_url, tune_dir)
+from regbench.tune_studies import (REQUEUED_ATTR, TrialCrashed, TrialInterrupted, ask_lock, file_lock,
+                                   next_trial, open_studies, progress, requeue_stale, storage_url, tune_dir)
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +117,7 @@ def work(run_overrides: list[str], tune_overrides: list[str], worker: int = 0) -
         state = run_trial(plans_[regimen], studies[regimen], trial, folder, threads)
         ran += 1
         # A worker process prefixes its lines with "[worker N]" itself (work's logging set-up).
-        log.info("%s trial %d %s (%d of %d for %s; %d of %d in all)", regimen, trial.number, state,
-                 counted(studies[regimen]), tune.trials, regimen, sum(map(counted, studies.values())),
-                 tune.trials * len(studies))
+        log.info("%s trial %d %s (%s)", regimen, trial.number, state, progress(studies, regimen, int(tune.trials)))
 
 
 def run_in_processes(target: Any, argument_lists: list[tuple]) -> None:

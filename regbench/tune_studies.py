@@ -161,6 +161,20 @@ def counted(study) -> int:
                or (t.state == TrialState.FAIL and not t.system_attrs.get(REQUEUED_ATTR)))
 
 
+def progress(studies: dict[str, Any], regimen: str, budget: int) -> str:
+    """How far the search is, for a trial's line: trials finished (running ones count against a budget but
+    have no result yet, so they are named apart)."""
+    from optuna.trial import TrialState
+
+    def running(study) -> int:
+        return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+    done = {name: counted(study) - running(study) for name, study in studies.items()}
+    busy = sum(map(running, studies.values()))
+    return (f"{done[regimen]} of {budget} for {regimen}; {sum(done.values())} of {budget * len(studies)} in all"
+            + (f", {busy} running" if busy else ""))
+
+
 def next_trial(studies: dict[str, Any], budget: int):
     """(regimen, trial) for the regimen with the fewest trials counted, or None when every budget is spent.
     Called under the ask lock, so that workers never exceed a budget."""

@@ -234,6 +234,29 @@ def test_the_score_a_tuner_maximises():
     assert tuning_score({**record, "val": {}}) is None
 
 
+def test_the_progress_line_counts_finished_trials_and_names_running_ones_apart():
+    """With two workers the budget counts a running trial (so no worker exceeds it), but the line says how
+    many are done: it once said "60 of 60 in all" while the last trial still had 5 epochs to train."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from regbench.tune_studies import REQUEUED_ATTR, progress
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    studies = {name: optuna.create_study(direction="maximize") for name in ("none", "bn")}
+    studies["none"].tell(studies["none"].ask(), 0.5)
+    studies["none"].tell(studies["none"].ask(), state=TrialState.PRUNED)
+    studies["bn"].tell(studies["bn"].ask(), 0.7)
+    studies["bn"].ask()  # a worker is training it
+    requeued = studies["bn"].ask()  # its worker died: failed, queued again, not counted
+    requeued.storage.set_trial_system_attr(requeued._trial_id, REQUEUED_ATTR, True)
+    studies["bn"].tell(requeued, state=TrialState.FAIL)
+    assert progress(studies, "none", 3) == "2 of 3 for none; 3 of 6 in all, 1 running"
+    assert progress(studies, "bn", 3) == "1 of 3 for bn; 3 of 6 in all, 1 running"
+    studies["bn"].tell(studies["bn"].ask(), state=TrialState.FAIL)  # diverged: failed for a reason of its own
+    assert progress(studies, "bn", 3) == "2 of 3 for bn; 4 of 6 in all, 1 running"
+
+
 @pytest.mark.integration
 def test_two_workers_and_a_sigkilled_search_keep_exactly_the_budget(tune_args, tmp_path, cli_env):
     """Two worker processes share the budget without exceeding it; a search killed with SIGKILL mid-trial
