@@ -320,6 +320,7 @@ def fit(t: Training, state: FitState, hooks: FitHooks | None = None) -> FitState
         state.stopped = state.early.should_stop
         hooks.on_epoch_end(state)
         if state.stopped:
-            log.info("early stopping: no better val %s for %d epochs", metric, state.early.bad_epochs)
+            if state.early.should_stop:  # else a hook stopped it (a tuning trial's pruner) and says why
+                log.info("early stopping: no better val %s for %d epochs", metric, state.early.bad_epochs)
             break
     return state

@@ -163,6 +163,8 @@ class Run(loop.FitHooks):
             score = None if value is None else float(value) if self.record.higher_is_better is not False else -value
             if score is not None and self.prune(state.epoch, score):
                 self.pruned = state.stopped = True
+                log.info("pruned after epoch %d (val %s %.4f): the pruner ranks it below its regimen's other "
+                         "trials there", state.epoch, self.record.primary_metric, float(value))
         self.history = state.history
         self.writer.write_history(self.history)
         every = self.cfg.trainer.checkpoint_every

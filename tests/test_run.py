@@ -82,6 +82,18 @@ def test_nonfinite_loss_ends_the_run_as_diverged_with_a_complete_record(small_ru
     assert (run_dir / "history.csv").is_file()
 
 
+def test_early_stopping_ends_the_run_after_patience_epochs_without_a_better_val_metric(small_run, caplog):
+    # lr 1e-12 leaves the weights (no BatchNorm, no dropout) as they were: every epoch's val accuracy ties the
+    # first one, and a tie is no improvement
+    with caplog.at_level("INFO"):
+        record, run_dir = small_run("cifar10", "regularizer=none", "optimizer=sgd", "optimizer.lr=1e-12",
+                                    "trainer.max_epochs=6", "trainer.early_stopping.patience=2")
+    assert record["status"] == "completed" and record["epochs_run"] == 3 and record["best_epoch"] == 1
+    assert len(set(pd.read_csv(run_dir / "history.csv")["val_accuracy"])) == 1
+    assert "early stopping: no better val accuracy for 2 epochs" in [r.getMessage() for r in caplog.records]
+    assert record["test"]["accuracy"] is not None  # tested, with the best epoch's weights
+
+
 def test_l1_penalty_shrinks_weights(small_run, tmp_path):
     def weight_l1(name: str, *extra: str) -> float:
         _, run_dir = small_run("cifar10", "optimizer=sgd", "optimizer.weight_decay=0",

@@ -122,11 +122,15 @@ def test_a_crashed_trial_stops_the_tune_is_queued_again_and_never_counts(tune_ar
     assert ",requeued," in rows
 
 
-def test_a_pruned_run_is_recorded_as_pruned_and_never_tested(small_cfg, tmp_path):
+def test_a_pruned_run_is_recorded_as_pruned_and_never_tested(small_cfg, tmp_path, caplog):
     cfg = small_cfg("movielens", "trainer.max_epochs=3")
     seen = []
-    record = runner.run(cfg, tmp_path / "run", prune=lambda epoch, score: seen.append((epoch, score)) or epoch >= 2)
+    with caplog.at_level("INFO"):
+        record = runner.run(cfg, tmp_path / "run", prune=lambda epoch, score: seen.append((epoch, score)) or epoch >= 2)
     assert record["status"] == "pruned" and record["epochs_run"] == 2 and record["test"] == {}
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("pruned after epoch 2 (val ndcg@10 ") for line in lines)
+    assert not any("early stopping" in line for line in lines)  # it once said "no better val ... for 0 epochs"
     assert [e for e, _ in seen] == [1, 2] and all(math.isfinite(s) for _, s in seen)
     again = runner.run(cfg, tmp_path / "again", prune=lambda epoch, score: False)  # the tuner reuses it
     assert again["status"] == "pruned" and again["reused_from"] == str(tmp_path / "run")
