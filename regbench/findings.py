@@ -109,6 +109,12 @@ def task_findings(part: pd.DataFrame, keys: list[str]) -> list[str]:
         else:
             out.append(f"{name}: no evidence of a difference from {base} ({num(delta)}{unit}, {interval}, "
                        f"Holm-adjusted p = {format_p(p_holm)}, {n_text})")
+    for row in part.to_dict("records"):  # a mean over the seeds that finished hides the ones that did not
+        diverged = int(row.get("diverged") or 0)
+        if diverged:
+            out.append(f"{_label(row, keys)}: {diverged} of its {int(row['runs'])} runs diverged (a non-finite "
+                       "training loss); its mean and tests are over the other runs only, so they overstate how "
+                       "reliably it trains")
     ranked = part.dropna(subset=["mean"])
     if len(ranked) > 1:
         best = ranked.iloc[0]

@@ -174,6 +174,19 @@ def test_a_group_this_protocol_did_not_train_is_named_not_ranked_below(tmp_path)
     assert comparison.summary.set_index("regularizer").loc["bn", "untrained"] == ""
 
 
+def test_a_group_with_diverged_runs_says_its_mean_leaves_them_out(tmp_path):
+    """A tuned configuration that diverged on one of three seeds: its mean over the other two must not read
+    as a three-seed result."""
+    from test_compare import write_run
+
+    sweep = make_sweep(tmp_path / "s", {"none": [0.40, 0.42], "bn": [0.64, 0.66, 0.65]})
+    write_run(sweep / "9", "none", 2, None, status="diverged")
+    sentences = compare([sweep]).findings["cifar10"]
+    assert ("none: 1 of its 3 runs diverged (a non-finite training loss); its mean and tests are over the other "
+            "runs only, so they overstate how reliably it trains") in sentences
+    assert not any(s.startswith("bn: ") and "diverged" in s for s in sentences)
+
+
 def test_ties_wide_intervals_and_p_values_are_written_as_they_are(tmp_path):
     tied = compare([make_sweep(tmp_path / "t", {"none": [0.1] * 3, "bn": [0.1] * 3, "dropout": [0.1] * 3})])
     assert tied.findings["cifar10"][0] == "every group has the same mean accuracy (10.0 points): no ranking"
