@@ -5,7 +5,9 @@ to groups of runs; tune_report.py to the fixed and tuned protocols."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +52,18 @@ def _no_spread(values: np.ndarray) -> bool:
     return float(np.ptp(values)) <= 1e-12 * max(1.0, float(np.abs(values).max()))
 
 
+@contextmanager
+def _exact_variance_zero_is_fine() -> Iterator[None]:
+    """scipy warns of "catastrophic cancellation" whenever a sample's values are all equal (0.1 three times:
+    its float mean is not exactly 0.1), though a variance of ~1e-33 for 0 changes no statistic: a group at
+    chance on every seed against a trained one is a valid Welch test. The warning would be noise on the
+    user's terminal, so it is silenced here and only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Precision loss occurred in moment calculation",
+                                category=RuntimeWarning)
+        yield
+
+
 def difference(group: dict[int, float], baseline: dict[int, float], confidence: float = CONFIDENCE) -> Difference:
     """Compare two sets of per-seed results: a paired t-test when both have the same seeds (the
     seed fixes initialisation and data order, so pairing removes that variance), Welch's t-test otherwise.
@@ -62,12 +76,14 @@ def difference(group: dict[int, float], baseline: dict[int, float], confidence: 
         diffs = np.array([group[s] - baseline[s] for s in seeds])
         if _no_spread(diffs):
             return Difference(delta, delta, delta, math.nan, "no spread", len(seeds))
-        result = stats.ttest_rel([group[s] for s in seeds], [baseline[s] for s in seeds])
+        with _exact_variance_zero_is_fine():
+            result = stats.ttest_rel([group[s] for s in seeds], [baseline[s] for s in seeds])
         kind, pairs = "paired t", len(seeds)
     elif len(a) >= 2 and len(b) >= 2:
         if _no_spread(np.array(a)) and _no_spread(np.array(b)):
             return Difference(delta, delta, delta, math.nan, "no spread", 0)
-        result = stats.ttest_ind(a, b, equal_var=False)
+        with _exact_variance_zero_is_fine():
+            result = stats.ttest_ind(a, b, equal_var=False)
         kind, pairs = "Welch t", 0
     else:
         return Difference(delta, math.nan, math.nan, math.nan, "", 0)

@@ -55,6 +55,24 @@ def test_compare_adjusts_over_each_tasks_comparisons_against_the_baseline(tmp_pa
     assert math.isnan(summary.loc["none", "p_holm"])
 
 
+def test_a_group_at_chance_on_every_seed_is_tested_without_a_warning_and_as_welch_with_variance_zero():
+    """Fixed `none` at 0.1 on seeds 0-2 against tuned `none` on seeds 0-1 (seed 2 diverged): scipy warned of
+    "catastrophic cancellation" on the user's terminal at the end of `regbench tune`. Welch's test with
+    one variance 0 is the one-sample t-test of the other group against that value."""
+    import warnings
+
+    from regbench.statistics import difference
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = difference({0: 0.416, 1: 0.3985}, {0: 0.1, 1: 0.1, 2: 0.1})
+    expected = stats.ttest_1samp([0.416, 0.3985], 0.1)
+    assert result.test == "Welch t" and result.delta == pytest.approx(0.30725)
+    assert result.p_value == pytest.approx(expected.pvalue, rel=1e-6)
+    interval = expected.confidence_interval(0.95)
+    assert (result.low, result.high) == pytest.approx((interval.low - 0.1, interval.high - 0.1), rel=1e-6)
+
+
 def test_bootstrap_intervals_are_percentiles_of_resampled_means():
     x = [0.80, 0.82, 0.84, 0.90, 0.70, 0.85, 0.81, 0.79, 0.88, 0.83]
     low, high = bootstrap_interval([x], 20000)
