@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from omegaconf import OmegaConf
@@ -34,6 +35,13 @@ NOT_GROUPED = ("seed", *COSMETIC_KEYS)
 NOT_GROUPED_PREFIXES = ("hydra.", "paths.", "logger.")
 
 
+def _with_columns(frame: pd.DataFrame, **columns: Any) -> pd.DataFrame:
+    """`frame` with `columns` added (or replaced) at once: a record's many string columns are one block each,
+    and inserting into such a frame makes pandas warn of fragmentation on the user's terminal."""
+    added = pd.DataFrame(columns, index=frame.index)
+    return pd.concat([frame.drop(columns=[c for c in columns if c in frame]), added], axis=1)
+
+
 def load_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
     """One row per run from any mix of sweep directories, run directories and results.csv files.
 
@@ -47,22 +55,20 @@ def load_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
         if path.is_file() and path.suffix == ".csv":
             frame = pd.read_csv(path, dtype={"run_dir": str})
             if "run_dir" in frame:
-                frame["run_path"] = [str((path.parent / d).resolve()) if isinstance(d, str) else None
-                                     for d in frame["run_dir"]]
+                frame = _with_columns(frame, run_path=[str((path.parent / d).resolve()) if isinstance(d, str)
+                                                       else None for d in frame["run_dir"]])
         elif (path / METRICS_FILE).is_file():
-            frame = pd.DataFrame([run_row(path, path)])
-            frame["run_path"] = str(path.resolve())
+            frame = _with_columns(pd.DataFrame([run_row(path, path)]), run_path=str(path.resolve()))
         elif path.is_dir():
             frame = pd.DataFrame(list(sweep_rows(path)))
             if not frame.empty:
-                frame["run_path"] = [str((path / d).resolve()) for d in frame["run_dir"]]
+                frame = _with_columns(frame, run_path=[str((path / d).resolve()) for d in frame["run_dir"]])
         else:
             raise CompareError(f"{raw}: no such sweep directory, run directory or results.csv "
                                f"(give directories that hold {METRICS_FILE} files, or {RESULTS_FILE} files)")
         if frame.empty:
             raise CompareError(f"{raw}: no run records found (no {METRICS_FILE} below it, or an empty CSV)")
-        frame["source"] = str(raw)
-        frames.append(frame)
+        frames.append(_with_columns(frame, source=str(raw)))
     runs = pd.concat(frames, ignore_index=True, sort=False)
     if "status" not in runs:
         raise CompareError("the inputs hold no 'status' column: they are not regbench run records")
