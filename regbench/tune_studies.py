@@ -151,26 +151,30 @@ def requeue_stale(study) -> int:
     return len(stale)
 
 
-def counted(study) -> int:
-    """Trials that count against the budget: finished (completed, pruned, failed for a reason of their own)
-    or running; a trial failed only because its process died was queued again and does not count."""
+def _counts(trial) -> bool:
+    """Whether a trial counts against the budget: finished (completed, pruned, failed for a reason of its
+    own) or running; a trial failed only because its process died was queued again and does not count."""
     from optuna.trial import TrialState
 
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-               or (t.state == TrialState.FAIL and not t.system_attrs.get(REQUEUED_ATTR)))
+    return (trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+            or (trial.state == TrialState.FAIL and not trial.system_attrs.get(REQUEUED_ATTR)))
+
+
+def counted(study) -> int:
+    """Trials that count against the budget (_counts)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if _counts(t))
 
 
 def progress(studies: dict[str, Any], regimen: str, budget: int) -> str:
     """How far the search is, for a trial's line: trials finished (running ones count against a budget but
-    have no result yet, so they are named apart)."""
+    have no result yet, so they are named apart). One read of each study's trials."""
     from optuna.trial import TrialState
 
-    def running(study) -> int:
-        return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-
-    done = {name: counted(study) - running(study) for name, study in studies.items()}
-    busy = sum(map(running, studies.values()))
+    done, busy = {}, 0
+    for name, study in studies.items():
+        counting = [t for t in study.get_trials(deepcopy=False) if _counts(t)]
+        running = sum(1 for t in counting if t.state == TrialState.RUNNING)
+        done[name], busy = len(counting) - running, busy + running
     return (f"{done[regimen]} of {budget} for {regimen}; {sum(done.values())} of {budget * len(studies)} in all"
             + (f", {busy} running" if busy else ""))
 
