@@ -45,17 +45,24 @@ def test_the_matrix_is_compares_statistics_with_holm_marks_and_the_best_in_bold(
     assert "- movielens, fixed: bn worse than none by -0.049 (Holm p = 0.0088)" in result.stdout
 
 
+# The study's committed records, each protocol's (a row of README's table is added here with its records).
+STUDY = {"fixed": ["study-cpu-movielens", "study-cpu/conll2000-fixed"],
+         "tuned": ["issue29-movielens-tuned/final"]}
+
+
 def test_readme_headline_table_says_what_the_records_say():
-    result = run("--fixed", str(RESULTS / "study-cpu-movielens"), "--tuned",
-                 str(RESULTS / "issue29-movielens-tuned" / "final"))
+    result = run("--fixed", *(str(RESULTS / p) for p in STUDY["fixed"]),
+                 "--tuned", *(str(RESULTS / p) for p in STUDY["tuned"]))
     assert result.returncode == 0, result.stderr
     table = rows(result.stdout)
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## The headline result"):readme.index("## The user guide")]
-    for protocol in ("fixed", "tuned"):
-        assert rows(section)[("movielens", protocol)] == table[("movielens", protocol)], protocol
-        line = next(l for l in section.splitlines() if l.startswith(f"| movielens | {protocol} |"))
-        assert line in result.stdout  # the row as the script prints it, marks and bold included
+    assert set(table) == {("movielens", "fixed"), ("movielens", "tuned"), ("conll2000", "fixed")}
+    for page in ("README.md", "docs/index.md"):  # the guide's front page shows the same table
+        text = (ROOT / page).read_text(encoding="utf-8")
+        section = text[text.index("## The headline result"):text.index("## The user guide")]
+        for task, protocol in table:
+            assert rows(section)[(task, protocol)] == table[(task, protocol)], (page, task, protocol)
+            line = next(l for l in section.splitlines() if l.startswith(f"| {task} | {protocol} |"))
+            assert line in result.stdout  # the row as the script prints it, marks and bold included
 
 
 def test_a_missing_folder_is_one_line_and_exit_2(tmp_path):
