@@ -157,10 +157,28 @@ class Run(loop.FitHooks):
         if self.cfg.trainer.save_checkpoint and self.ranks.is_main:
             checkpoints.save_best(self.run_dir, self.cfg, state)
 
+    def _pruning_score(self, row: dict[str, Any]) -> float | None:
+        """An epoch's score for the pruner: the validation primary metric, negated where lower is better."""
+        value = row.get(f"val_{self.record.primary_metric}")
+        return None if value is None else float(value) if self.record.higher_is_better is not False else -value
+
+    def _report_restored_epochs(self, history: list[dict[str, Any]]) -> None:
+        """A resumed trial tells its pruner the epochs its checkpoint restored, in order, as it did before it
+        was stopped: an asynchronous pruner (ASHA) files a trial's value at each rung it passes, and without
+        them it filed the first live epoch's value at every earlier rung (2026-12-06: a trial resumed after
+        epoch 17 set its regimen's bar at epoch 1 with its epoch-18 F1, and two trials were pruned against
+        it). The pruner's answers are not acted on: the trial had passed those rungs when it was stopped."""
+        if self.prune is None:
+            return
+        for epoch, row in enumerate(history, start=1):
+            score = self._pruning_score(row)
+            if score is not None:
+                self.prune(int(row.get("epoch", epoch)), score)
+
     def on_epoch_end(self, state: loop.FitState) -> None:
         if self.prune is not None and not state.stopped:
+            score = self._pruning_score(state.history[-1])
             value = state.history[-1].get(f"val_{self.record.primary_metric}")
-            score = None if value is None else float(value) if self.record.higher_is_better is not False else -value
             if score is not None and self.prune(state.epoch, score):
                 self.pruned = state.stopped = True
                 log.info("pruned after epoch %d (val %s %.4f): the pruner ranks it below its regimen's other "
@@ -227,6 +245,7 @@ class Run(loop.FitHooks):
             moved = resume_from.parent != self.run_dir / checkpoints.CHECKPOINT_DIR
             if state.best_state is not None and cfg.trainer.save_checkpoint and moved and self.ranks.is_main:
                 checkpoints.save_best(self.run_dir, cfg, state)
+            self._report_restored_epochs(state.history)
         if self.ranks.is_main:
             self.trackers = tracking.live_loggers(cfg, self.run_dir, state.epoch, record.to_dict(), self.in_sweep)
         state = loop.fit(training, state, self)

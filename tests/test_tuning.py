@@ -164,6 +164,45 @@ def test_asha_prunes_trials_through_the_command_and_pruned_ones_count_but_are_ne
     assert study.best_trial.state.name == "COMPLETE"
 
 
+class StoppedAfter(runner.Run):
+    """A trial's run that sends itself SIGTERM after epoch `after`, as a session's end or `kill` does."""
+
+    def __init__(self, cfg, run_dir, prune, after: int) -> None:
+        super().__init__(cfg, run_dir, prune=prune)
+        self.after = after
+
+    def on_epoch_end(self, state) -> None:
+        super().on_epoch_end(state)
+        if state.epoch == self.after:
+            import os
+            import signal
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_resumed_trial_tells_asha_its_restored_epochs_so_each_rung_gets_that_epochs_value(small_cfg, tmp_path):
+    """A trial stopped after epoch 2 and queued again resumes from its checkpoint in a new trial, which
+    reports epochs 1 and 2 from the restored history before epoch 3: ASHA's rung at epoch 1 holds the
+    epoch-1 score (it once held the first live epoch's, a later and higher one that pruned other trials)."""
+    cfg = small_cfg("movielens", "trainer.max_epochs=3", "trainer.resume=true")
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=1, reduction_factor=2))
+
+    def pruner_of(trial):
+        return lambda epoch, score: trial.report(score, epoch) or trial.should_prune()
+
+    stopped = study.ask()
+    with pytest.raises(runner.RunInterrupted):
+        StoppedAfter(cfg, tmp_path / "0000", pruner_of(stopped), after=2).execute()
+    again = study.ask()  # the same point queued again: its run resumes after epoch 2
+    record = runner.run(cfg, tmp_path / "0001", prune=pruner_of(again))
+    assert "after epoch 2" in record["resumed_from"] and record["status"] == "completed"
+    stopped, again = (study.get_trials()[t.number] for t in (stopped, again))
+    assert sorted(stopped.intermediate_values) == [1, 2] and sorted(again.intermediate_values) == [1, 2, 3]
+    assert {s: again.intermediate_values[s] for s in (1, 2)} == stopped.intermediate_values  # as first seen
+    assert again.system_attrs["completed_rung_0"] == again.intermediate_values[1]
+    assert again.system_attrs["completed_rung_1"] == again.intermediate_values[2]
+
+
 @pytest.mark.parametrize("tune, message", [
     (["tune.space={}", "tune.conditional=false"], "tune.space is empty and tune.conditional=false: there is nothing"),
     (["tune.space.optimizer.weight_decay.low=1"], "tune.space.optimizer.weight_decay: low=1 is not below high=0.01"),
