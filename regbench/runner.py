@@ -170,10 +170,10 @@ class Run(loop.FitHooks):
         it). The pruner's answers are not acted on: the trial had passed those rungs when it was stopped."""
         if self.prune is None:
             return
-        for epoch, row in enumerate(history, start=1):
+        for row in history:
             score = self._pruning_score(row)
             if score is not None:
-                self.prune(int(row.get("epoch", epoch)), score)
+                self.prune(int(row["epoch"]), score)
 
     def on_epoch_end(self, state: loop.FitState) -> None:
         if self.prune is not None and not state.stopped:

@@ -36,8 +36,8 @@ class SignalledRun(runner.Run):
     """A run that sends itself SIGTERM when epoch `after` has finished, as `kill` would: the handler asks
     the loop to stop, which it does at the first step of the next epoch."""
 
-    def __init__(self, cfg, run_dir, after: int) -> None:
-        super().__init__(cfg, run_dir)
+    def __init__(self, cfg, run_dir, after: int, prune=None) -> None:
+        super().__init__(cfg, run_dir, prune=prune)
         self.after = after
 
     def on_epoch_end(self, state) -> None:

@@ -164,21 +164,6 @@ def test_asha_prunes_trials_through_the_command_and_pruned_ones_count_but_are_ne
     assert study.best_trial.state.name == "COMPLETE"
 
 
-class StoppedAfter(runner.Run):
-    """A trial's run that sends itself SIGTERM after epoch `after`, as a session's end or `kill` does."""
-
-    def __init__(self, cfg, run_dir, prune, after: int) -> None:
-        super().__init__(cfg, run_dir, prune=prune)
-        self.after = after
-
-    def on_epoch_end(self, state) -> None:
-        super().on_epoch_end(state)
-        if state.epoch == self.after:
-            import os
-            import signal
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 def test_a_resumed_trial_tells_asha_its_restored_epochs_so_each_rung_gets_that_epochs_value(small_cfg, tmp_path):
     """A trial stopped after epoch 2 and queued again resumes from its checkpoint in a new trial, which
     reports epochs 1 and 2 from the restored history before epoch 3: ASHA's rung at epoch 1 holds the
@@ -190,9 +175,11 @@ def test_a_resumed_trial_tells_asha_its_restored_epochs_so_each_rung_gets_that_e
     def pruner_of(trial):
         return lambda epoch, score: trial.report(score, epoch) or trial.should_prune()
 
+    from test_resume import SignalledRun  # sends itself SIGTERM after epoch 2, as a session's end does
+
     stopped = study.ask()
     with pytest.raises(runner.RunInterrupted):
-        StoppedAfter(cfg, tmp_path / "0000", pruner_of(stopped), after=2).execute()
+        SignalledRun(cfg, tmp_path / "0000", after=2, prune=pruner_of(stopped)).execute()
     again = study.ask()  # the same point queued again: its run resumes after epoch 2
     record = runner.run(cfg, tmp_path / "0001", prune=pruner_of(again))
     assert "after epoch 2" in record["resumed_from"] and record["status"] == "completed"
