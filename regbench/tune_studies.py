@@ -33,12 +33,16 @@ def storage_url(tune: DictConfig, folder: Path) -> str:
     return str(tune.storage or f"sqlite:///{folder.resolve() / 'optuna.db'}")
 
 
-def sampler_seed(tune: DictConfig, url: str) -> int:
+def sampler_seed(tune: DictConfig, url: str, asked: int = 0) -> int:
     """tune.sampler_seed for a search with one worker (reproducible, and the same for every regimen). With
     several workers, or a storage other processes may share, each process gets a seed of its own: processes
-    seeded alike would propose the same points (the same runs) in parallel."""
+    seeded alike would propose the same points (the same runs) in parallel. A one-worker search that goes on
+    (its study holds `asked` trials) is seeded from that count too: tune.sampler_seed again would propose the
+    search's first points again, runs it already has, and spend the budget on repeats."""
     if int(tune.workers) == 1 and url.startswith("sqlite") and tune.launcher == "local":
-        return int(tune.sampler_seed)
+        if asked == 0:
+            return int(tune.sampler_seed)
+        return int(hashlib.sha256(f"{tune.sampler_seed}:after:{asked}".encode()).hexdigest()[:8], 16)
     import os
     import socket
 
@@ -80,6 +84,9 @@ def _open_studies(tune: DictConfig, plans_: list[Plan], url: str) -> dict[str, A
         study = optuna.create_study(study_name=f"{name}.{plan.regimen}", storage=storage, direction="maximize",
                                     sampler=optuna.samplers.TPESampler(seed=sampler_seed(tune, url)), pruner=pruner,
                                     load_if_exists=True)
+        asked = len(study.get_trials(deepcopy=False))
+        if asked:  # a search that goes on: a seed of its own (sampler_seed)
+            study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(tune, url, asked))
         stored = study.user_attrs.get("identity")
         if stored is None:
             study.set_user_attr("identity", identity)

@@ -523,6 +523,22 @@ def test_parallel_workers_never_propose_the_same_point(tune_args, tmp_path):
     assert OmegaConf.to_container(one)["sampler_seed"] == 7
 
 
+def test_a_one_worker_search_that_goes_on_proposes_new_points_not_its_first_ones_again(tune_args, tmp_path):
+    """The same command again (after a stop, or with a larger tune.trials) continues the study: a sampler
+    seeded with tune.sampler_seed once more would draw the search's first point again, the same run, and
+    spend a trial of the budget on a repeat (seen 2026-12-06 when a stopped search was continued)."""
+    from regbench.tune import tune_main
+
+    args = ("tune.regimens=[none]", "tune.final_seeds=[0]")
+    assert tune_main(tune_args("tune.trials=1", *args)) == 0
+    assert tune_main(tune_args("tune.trials=2", *args)) == 0
+    url = f"sqlite:///{tmp_path / 'tune' / 'optuna.db'}"
+    first, second = optuna.load_study(study_name=f"{STUDY}.none", storage=url).get_trials()
+    assert first.state.name == second.state.name == "COMPLETE"
+    assert second.params != first.params
+    assert (tmp_path / "tune" / "trials" / "none" / "0001" / "metrics.json").is_file()
+
+
 def test_local_workers_share_the_cpus(monkeypatch):
     from omegaconf import OmegaConf
 
