@@ -47,11 +47,11 @@ case $step in
   *) echo "unknown step $step: one of conll2000-fixed, conll2000-tuned, cifar10-fixed, cifar10-tuned" >&2; exit 2 ;;
 esac
 
-# What a record needs and a commit may hold: no checkpoints, test outputs, logs, locks or Hydra's copies
+# What a record needs and a commit may hold: no checkpoints, test outputs or predictions, logs, locks or Hydra's copies
 # (metrics.json has the config).
 keep() {
   mkdir -p "$2"
-  tar -C "$1" --exclude=checkpoints --exclude=.hydra --exclude='*.log' --exclude='*.lock' --exclude=test_outputs.npz -cf - . | tar -C "$2" -xf -
+  tar -C "$1" --exclude=checkpoints --exclude=.hydra --exclude='*.log' --exclude='*.lock' --exclude=test_outputs.npz --exclude=test_predictions.txt -cf - . | tar -C "$2" -xf -
 }
 
 mkdir -p "$live"
