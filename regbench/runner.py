@@ -24,7 +24,7 @@ from regbench.optim import optimizer_name
 from regbench.provenance import git_state, host, versions
 from regbench.record import TEST_OUTPUTS_FILE, RecordWriter, RunRecord, Status, read_history
 from regbench.regimen import Regimen
-from regbench.signals import RunInterrupted, StopSignals
+from regbench.signals import RunInterrupted, StopSignals, heed_stop
 from regbench.validation import validate
 
 __all__ = ["Run", "RunInterrupted", "run"]
@@ -65,7 +65,11 @@ class Run(loop.FitHooks):
         """Train (or reuse a finished earlier attempt, or resume an unfinished one) and write the record.
 
         Raises RunInterrupted after SIGTERM/SIGINT and re-raises any other error, always after the
-        record (status `interrupted` or `failed`) is on disk."""
+        record (status `interrupted` or `failed`) is on disk; a signal that came as this process's previous
+        run finished raises it before anything is written."""
+        unheeded = heed_stop()
+        if unheeded is not None:  # asked during this process's previous run, which then completed
+            raise RunInterrupted(unheeded, None, self.run_dir)
         if self.ranks.active:
             self.device = distributed.start(self.ranks, loop.resolve_device(self.cfg.trainer.device))
             self.record.distributed = {"world_size": self.ranks.world, "backend": distributed.backend()}

@@ -18,16 +18,39 @@ from regbench import checkpoints
 log = logging.getLogger(__name__)
 
 
-class RunInterrupted(Exception):
-    """SIGTERM or SIGINT stopped the run between two steps; the last finished epoch's checkpoint stays."""
+# A signal that asked this process to stop while a run was in its last step, so that run completed: the
+# process must not go on to another run or trial (a tune worker once began the next trial after SIGTERM,
+# 2026-12-06). Set by the handler, cleared by whatever stops because of it.
+_unheeded: list[int] = []
 
-    def __init__(self, signum: int | None, epoch: int, run_dir: Path, handoff: Any = None) -> None:
+
+def unheeded_stop() -> int | None:
+    """The signal that asked this process to stop and has not stopped anything yet, if any."""
+    return _unheeded[-1] if _unheeded else None
+
+
+def heed_stop() -> int | None:
+    """unheeded_stop(), now counted as acted on."""
+    signum = unheeded_stop()
+    _unheeded.clear()
+    return signum
+
+
+class RunInterrupted(Exception):
+    """SIGTERM or SIGINT stopped the run between two steps (the last finished epoch's checkpoint stays), or
+    before it started (epoch None: the signal came as this process's previous run finished)."""
+
+    def __init__(self, signum: int | None, epoch: int | None, run_dir: Path, handoff: Any = None) -> None:
         name = signal.Signals(signum).name if signum else "a signal"
         handoff = handoff if signum == signal.SIGUSR2 else None
         again = ("the scheduler requeues the job, which resumes from" if handoff else
                  "run the same command again to resume from")
         last = run_dir / checkpoints.CHECKPOINT_DIR / checkpoints.LAST_CHECKPOINT
-        super().__init__(f"stopped by {name} during epoch {epoch}; {again} {last} (if an epoch had finished)")
+        if epoch is None:
+            message = f"stopped by {name} before the run in {run_dir} started; run the same command again to train it"
+        else:
+            message = f"stopped by {name} during epoch {epoch}; {again} {last} (if an epoch had finished)"
+        super().__init__(message)
         self.signum = signum or signal.SIGTERM
         # Called with (signum, None) after the record is written: submitit then checkpoints and requeues.
         self.handoff = handoff
@@ -45,6 +68,7 @@ class StopSignals:
         return self.signum is not None
 
     def interrupted(self, epoch: int, run_dir: Path) -> RunInterrupted:
+        heed_stop()
         return RunInterrupted(self.signum, epoch, run_dir, self.handoff)
 
     @contextmanager
@@ -58,6 +82,7 @@ class StopSignals:
             if self.signum is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
             self.signum = signum
+            _unheeded[:] = [signum]
             log.warning("%s received: stopping after this step (the last finished epoch's checkpoint stays)",
                         signal.Signals(signum).name)
 

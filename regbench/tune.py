@@ -95,6 +95,9 @@ def work(run_overrides: list[str], tune_overrides: list[str], worker: int = 0) -
     """One worker: trials until every regimen's budget is spent, data and studies opened once per process;
     the choice of the next trial is made under a lock, so workers never exceed a budget. Returns the
     number of trials it ran."""
+    import signal
+
+    from regbench.signals import heed_stop
     from regbench.tasks.base import keep_data_in_process
 
     keep_data_in_process()  # every trial of this worker reads the same data: once
@@ -109,6 +112,10 @@ def work(run_overrides: list[str], tune_overrides: list[str], worker: int = 0) -
     threads = worker_threads(next(iter(plans_.values())).cfg, int(tune.workers) if local else 1)
     ran = 0
     while True:
+        stop = heed_stop()  # a signal that came in the last step of the trial just run: no next trial
+        if stop is not None:
+            raise TrialInterrupted(f"stopped by {signal.Signals(stop).name} as a trial finished: no trial is running; "
+                                   "run the same command to continue", stop)
         with ask_lock(url, folder):
             picked = next_trial(studies, int(tune.trials))
         if picked is None:

@@ -80,7 +80,10 @@ def _open_studies(tune: DictConfig, plans_: list[Plan], url: str) -> dict[str, A
         identity = {"task": plan.cfg.task.name, "model": plan.cfg.model.name, "trial_seed": int(tune.trial_seed),
                     "space": [r.stored() for r in plan.ranges]}
         pruner = {"none": optuna.pruners.NopPruner(), "median": optuna.pruners.MedianPruner(n_warmup_steps=1),
-                  "asha": optuna.pruners.SuccessiveHalvingPruner()}[tune.pruner]
+                  # min_resource=1: rungs at epochs 1, 4, 16, ... from the first trial on. Optuna's "auto" waits
+                  # for a completed trial to size them, and until then files no rung value: each regimen's
+                  # first trial then never competed and its second always went on (the CPU study, 2026-12-06).
+                  "asha": optuna.pruners.SuccessiveHalvingPruner(min_resource=1)}[tune.pruner]
         study = optuna.create_study(study_name=f"{name}.{plan.regimen}", storage=storage, direction="maximize",
                                     sampler=optuna.samplers.TPESampler(seed=sampler_seed(tune, url)), pruner=pruner,
                                     load_if_exists=True)

@@ -11,6 +11,7 @@ import random
 import shutil
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,16 @@ def tiny_study_data(tmp_path, tiny_data_dir, tiny_corpus_dir) -> Path:
 def outputs_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run records and the run index of every test go under its tmp_path, never into the checkout."""
     monkeypatch.setenv("REGBENCH_OUTPUT", str(tmp_path / "outputs"))
+
+
+@pytest.fixture(autouse=True)
+def no_stop_left_over() -> Iterator[None]:
+    """A test whose run completed after it signalled itself leaves this process's stop unheeded: the next
+    test's first run would refuse to start (regbench.signals.heed_stop)."""
+    from regbench.signals import heed_stop
+
+    yield
+    heed_stop()
 
 
 def tiny_overrides(data_dir: Path, cache_dir: Path, *extra: str) -> list[str]:

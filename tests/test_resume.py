@@ -78,6 +78,18 @@ def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(make_cfg
     assert (tmp_path / "second" / "checkpoints" / "best.pt").is_file()
 
 
+def test_a_signal_in_a_runs_last_step_stops_the_next_run_before_it_starts(make_cfg, tmp_path):
+    """SIGTERM after the last epoch: nothing is left to stop, so the run completes; the process must still
+    stop, not go on to its next run (a sweep's next job, a tune worker's next trial: seen 2026-12-06)."""
+    done = SignalledRun(make_cfg(), tmp_path / "last", after=3).execute()  # EXTRA: three epochs
+    assert done["status"] == "completed" and done["epochs_run"] == 3
+    with pytest.raises(runner.RunInterrupted, match=r"stopped by SIGTERM before the run in .*next started; "
+                                                    r"run the same command again to train it"):
+        runner.run(make_cfg("seed=1"), tmp_path / "next")
+    assert not (tmp_path / "next").exists()  # it never started: no record
+    assert runner.run(make_cfg("seed=1"), tmp_path / "next")["status"] == "completed"  # the stop was heeded once
+
+
 def test_a_finished_run_is_reused_and_resume_false_trains_again(make_cfg, tmp_path):
     first = runner.run(make_cfg(), tmp_path / "a")
     again = runner.run(make_cfg(), tmp_path / "b")

@@ -122,6 +122,35 @@ def test_a_crashed_trial_stops_the_tune_is_queued_again_and_never_counts(tune_ar
     assert ",requeued," in rows
 
 
+def test_sigterm_in_a_trials_last_step_stops_the_worker_before_its_next_trial(tune_args, tmp_path, monkeypatch):
+    """SIGTERM as a trial's last epoch ends: the trial completes and counts, and the worker asks for no other
+    (in the CPU study a worker went on to the next trial after the session's SIGTERM, 2026-12-06)."""
+    from test_resume import SignalledRun  # sends itself SIGTERM after the given epoch
+
+    from regbench.tune import tune_main
+    from regbench.tune_studies import TrialInterrupted
+
+    real_run, calls = runner.run, []
+
+    def signalled_in_the_first_trials_last_epoch(cfg, run_dir, overrides=None, threads=None, in_sweep=False,
+                                                 prune=None):
+        calls.append(run_dir)
+        if len(calls) == 1:
+            return SignalledRun(cfg, run_dir, after=int(cfg.trainer.max_epochs), prune=prune).execute()
+        return real_run(cfg, run_dir, overrides, threads, in_sweep, prune)
+
+    monkeypatch.setattr(runner, "run", signalled_in_the_first_trials_last_epoch)
+    with pytest.raises(TrialInterrupted, match="stopped by SIGTERM as a trial finished: no trial is running; run "
+                                               "the same command to continue") as stop:
+        tune_main(tune_args())
+    assert stop.value.exit_code == 143 and len(calls) == 1
+    assert [t.state.name for t in studies(tmp_path)["none"].get_trials()] == ["COMPLETE"]
+    assert studies(tmp_path)["dropout"].get_trials() == []  # no next trial was asked for
+    monkeypatch.setattr(runner, "run", real_run)
+    assert tune_main(tune_args()) == 0  # the same command continues
+    assert [len(s.get_trials()) for s in studies(tmp_path).values()] == [3, 3]
+
+
 def test_a_pruned_run_is_recorded_as_pruned_and_never_tested(small_cfg, tmp_path, caplog):
     cfg = small_cfg("movielens", "trainer.max_epochs=3")
     seen = []
@@ -151,6 +180,10 @@ def test_asha_prunes_trials_through_the_command_and_pruned_ones_count_but_are_ne
     study = optuna.load_study(study_name=f"{STUDY}.none", storage=f"sqlite:///{tmp_path / 'tune' / 'optuna.db'}")
     states = [t.state.name for t in study.get_trials()]
     assert len(states) == 6 and "PRUNED" in states and "COMPLETE" in states
+    # Every trial, the first included, files its epoch-1 score at the first rung (epoch 1) and competes there:
+    # with Optuna's automatic minimum resource the first trial filed none and the second was always promoted.
+    for trial in study.get_trials():
+        assert trial.system_attrs["completed_rung_0"] == trial.intermediate_values[1], trial.number
     for trial in study.get_trials():
         record = json.loads((tmp_path / "tune" / "trials" / "none" / f"{trial.number:04d}" / "metrics.json").read_text())
         if trial.state.name == "PRUNED":
