@@ -18,6 +18,7 @@ from importlib import import_module
 from pathlib import Path
 
 import pandas as pd
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, open_dict
 
@@ -86,6 +87,7 @@ def main() -> None:
                                                  f"paths.data_dir={data}", *opts.overrides])
         out = {}
         for label, package in (("old", old), ("new", "regbench")):
+            torch.set_flush_denormal(False)  # PyTorch's default: a package that never sets it inherits no other
             run_dir = tmp / name.replace(" ", "_") / label
             record = import_module(f"{package}.runner").run(for_package(cfg, package), run_dir)
             history = pd.read_csv(run_dir / "history.csv") if (run_dir / "history.csv").exists() else pd.DataFrame()

@@ -33,10 +33,12 @@ HISTORY_FILE = "history.csv"
 TEST_OUTPUTS_FILE = "test_outputs.npz"
 
 # Config keys that never change what a run computes: where outputs and caches go, how progress is
-# shown, how often state is saved. A run's id leaves them out and compare never groups by them.
+# shown, how often state is saved; the CPU's threads and its treatment of subnormal floats change no more
+# than the order of a sum does (the record says what they were: threads, flush_denormal). A run's id
+# leaves them out and compare never groups by them.
 COSMETIC_KEYS = ("paths.output_dir", "paths.cache_dir", "trainer.progress", "trainer.threads",
                  "trainer.save_checkpoint", "trainer.resume", "trainer.checkpoint_every", "trainer.test_outputs",
-                 "trainer.test_outputs_max_mb", "logger")
+                 "trainer.test_outputs_max_mb", "logger", "trainer.flush_denormal")
 # Keys added after runs were first recorded, at the value that keeps the earlier behaviour. A run with
 # such a key at that value is the run it always was: checkpoints.identity leaves the key out (the run
 # id stays what it was) and compare reads a record without the key as having that value.
@@ -116,6 +118,7 @@ class RunRecord:
     # other_cpus (CPUs other processes kept busy), contended (its times are not the regimen's alone)
     load: dict[str, Any] | None = None
     precision: str | None = None
+    flush_denormal: bool | None = None  # subnormal floats were treated as zero on the CPU (trainer.flush_denormal)
     data: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=dict)
     git_commit: str | None = None

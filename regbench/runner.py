@@ -202,6 +202,7 @@ class Run(loop.FitHooks):
         if self.threads:
             torch.set_num_threads(int(self.threads))
         self.record.threads = torch.get_num_threads()
+        self.record.flush_denormal = set_flush_denormal(bool(self.cfg.trainer.flush_denormal))
         self.load = LoadWatch.start(available_cpus(), self.record.threads)
         return assemble(self.cfg, regimen, self.record, self.ranks, self.device)
 
@@ -265,6 +266,29 @@ class Run(loop.FitHooks):
             record.status = Status.PRUNED
             return None
         return state.best_state
+
+
+SUBNORMAL_BITS = 0x00400000  # a float32 with a zero exponent and a non-zero fraction
+
+
+def set_flush_denormal(flush: bool) -> bool:
+    """Treat subnormal floats as zero on the CPU (or not): arithmetic on them is ~100x slower, and weights
+    that decay into them slowed a CoNLL-2000 run 12x (docs/benchmarks.md). Set for every run, on or off, so
+    no run inherits an earlier one's mode. The mode is per thread and a thread inherits it when it starts,
+    so torch's intra-op threads have it only when they started after this (in a fresh process they start
+    with the first parallel operation, after it): a parallel probe says whether every thread flushes.
+    Returns that; False when off or where the CPU cannot. The mode stays the process's after the run."""
+    if not torch.set_flush_denormal(flush) or not flush:
+        return False
+    # A subnormal (5.9e-39) written as its bits: made from a float, it would already be 0 in this thread.
+    # Large enough that torch splits the multiply across every thread.
+    probe = torch.full(((1 << 20) * max(1, torch.get_num_threads()),), SUBNORMAL_BITS, dtype=torch.int32)
+    if bool((probe.view(torch.float32) * 1.0).count_nonzero()):
+        log.warning("trainer.flush_denormal=true reached only some of torch's %d CPU threads (they started "
+                    "before this run, in this process): subnormal floats stay slow in the others; run in a fresh "
+                    "process, or with trainer.threads=1", torch.get_num_threads())
+        return False
+    return True
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: dict[str, str] | None = None,

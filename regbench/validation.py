@@ -146,7 +146,8 @@ def _check_trainer(cfg: DictConfig) -> None:
     checks.number(cfg, "trainer.early_stopping.patience", low=0, integer=True)
     checks.number(cfg, "trainer.threads", low=0, integer=True)
     checks.choice(cfg, "trainer.precision", PRECISIONS)
-    for key in ("progress", "compile", "save_checkpoint", "resume", "gradients.per_layer", "test_outputs"):
+    for key in ("progress", "compile", "save_checkpoint", "resume", "gradients.per_layer", "test_outputs",
+                "flush_denormal"):
         checks.boolean(cfg, f"trainer.{key}")
     checks.number(cfg, "trainer.checkpoint_every", low=0, integer=True)
     checks.number(cfg, "trainer.test_outputs_max_mb", low=0)
