@@ -272,7 +272,7 @@ SUBNORMAL_BITS = 0x00400000  # a float32 with a zero exponent and a non-zero fra
 
 
 def set_flush_denormal(flush: bool) -> bool:
-    """Treat subnormal floats as zero on the CPU (or not): arithmetic on them is ~100x slower, and weights
+    """Treat subnormal floats as zero on the CPU (or not): arithmetic on them is 16-27x slower, and weights
     that decay into them slowed a CoNLL-2000 run 12x (docs/benchmarks.md). Set for every run, on or off, so
     no run inherits an earlier one's mode. The mode is per thread and a thread inherits it when it starts,
     so torch's intra-op threads have it only when they started after this (in a fresh process they start
