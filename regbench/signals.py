@@ -24,14 +24,10 @@ log = logging.getLogger(__name__)
 _unheeded: list[int] = []
 
 
-def unheeded_stop() -> int | None:
-    """The signal that asked this process to stop and has not stopped anything yet, if any."""
-    return _unheeded[-1] if _unheeded else None
-
-
 def heed_stop() -> int | None:
-    """unheeded_stop(), now counted as acted on."""
-    signum = unheeded_stop()
+    """The signal that asked this process to stop and has not stopped anything yet, if any, now counted as
+    acted on."""
+    signum = _unheeded[-1] if _unheeded else None
     _unheeded.clear()
     return signum
 
