@@ -84,6 +84,7 @@ def _open_studies(tune: DictConfig, plans_: list[Plan], url: str) -> dict[str, A
                   # for a completed trial to size them, and until then files no rung value: each regimen's
                   # first trial then never competed and its second always went on (the CPU study, 2026-12-06).
                   "asha": optuna.pruners.SuccessiveHalvingPruner(min_resource=1)}[tune.pruner]
+        pruner = RequeuedAreNoPeers(pruner)
         study = optuna.create_study(study_name=f"{name}.{plan.regimen}", storage=storage, direction="maximize",
                                     sampler=optuna.samplers.TPESampler(seed=sampler_seed(tune, url)), pruner=pruner,
                                     load_if_exists=True)
@@ -126,6 +127,34 @@ def _alive(worker: str | None) -> bool:
 
 
 REQUEUED_ATTR = "regbench_requeued"  # a FAIL that does not count: its parameters were queued again
+
+
+class _WithoutRequeued:
+    """A study as a pruner sees it: its trials less the requeued ones (REQUEUED_ATTR); the rest is the study."""
+
+    def __init__(self, study) -> None:
+        self._study = study
+
+    def get_trials(self, *args, **kwargs):
+        return [t for t in self._study.get_trials(*args, **kwargs) if not t.system_attrs.get(REQUEUED_ATTR)]
+
+    def __getattr__(self, name: str):
+        return getattr(self._study, name)
+
+
+class RequeuedAreNoPeers:  # an Optuna pruner (its one method, prune); optuna stays an import of tune's alone
+    """A pruner that does not rank a trial against requeued ones. A trial stopped by a session's end keeps the
+    values it filed at ASHA's rungs when it is failed and queued again; its copy, trained again from epoch 1
+    where the checkpoint was lost (a machine that does not outlive a session), then met its own earlier
+    scores there and was pruned by them: the CIFAR-10 search of the CPU study, bn_dropout trial 5, 0.2915 at
+    epoch 1 against its interrupted copy's 0.318. A copy that resumes from its checkpoint files the same
+    values again, so its predecessor would only count twice."""
+
+    def __init__(self, pruner) -> None:
+        self.pruner = pruner
+
+    def prune(self, study, trial) -> bool:
+        return self.pruner.prune(_WithoutRequeued(study), trial)
 
 
 class TrialCrashed(RegbenchError):

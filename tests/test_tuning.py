@@ -320,6 +320,46 @@ def test_the_progress_line_counts_finished_trials_and_names_running_ones_apart()
     assert progress(studies, "bn", 3) == "2 of 3 for bn; 4 of 6 in all, 1 running"
 
 
+def test_asha_ranks_a_requeued_trials_copy_against_the_others_not_against_its_interrupted_self(tune_args, tmp_path):
+    """A trial stopped by a session's end is failed and queued again, but it keeps the scores it filed at
+    ASHA's rungs. Where its checkpoint was lost its copy trains again from epoch 1 and scores a little
+    differently; ranked against its interrupted self it was pruned (the CPU study's CIFAR-10 search:
+    bn_dropout trial 5, 0.2915 at epoch 1 against its copy's 0.318 and a peer's 0.263). The studies that
+    `regbench tune` opens leave requeued trials out of the pruner's peers."""
+    from optuna.trial import TrialState
+
+    from regbench.tune import split_command_line
+    from regbench.tune_space import plans, tune_config
+    from regbench.tune_studies import REQUEUED_ATTR, open_studies, storage_url
+
+    run_overrides, tune_overrides = split_command_line(tune_args("tune.pruner=asha"))
+    tune = tune_config(tune_overrides)
+    plans_ = plans(run_overrides, tune)
+    (tmp_path / "tune").mkdir()
+    study = open_studies(tune, plans_, storage_url(tune, tmp_path / "tune"))["dropout"]
+
+    def epoch_one(study, score: float):
+        trial = study.ask()
+        trial.report(score, 1)
+        return trial, trial.should_prune()
+
+    def copy_pruned(study) -> bool:
+        peer, pruned = epoch_one(study, 0.263)
+        assert not pruned  # the first at its rung goes on
+        study.tell(peer, 0.727)
+        interrupted, pruned = epoch_one(study, 0.318)
+        assert not pruned
+        study._storage.set_trial_system_attr(interrupted._trial_id, REQUEUED_ATTR, True)  # as tune does on SIGTERM
+        study.tell(interrupted, state=TrialState.FAIL)
+        assert "completed_rung_0" in study.get_trials()[interrupted.number].system_attrs  # its score stays filed
+        return epoch_one(study, 0.2915)[1]
+
+    assert not copy_pruned(study)  # it beats its one peer, 0.263
+    assert epoch_one(study, 0.2)[1]  # the others are still ranked
+    plain = optuna.create_study(direction="maximize", pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1))
+    assert copy_pruned(plain)  # Optuna's pruner alone ranks it against 0.318
+
+
 @pytest.mark.integration
 def test_two_workers_and_a_sigkilled_search_keep_exactly_the_budget(tune_args, tmp_path, cli_env):
     """Two worker processes share the budget without exceeding it; a search killed with SIGKILL mid-trial
