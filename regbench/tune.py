@@ -197,6 +197,7 @@ def _in_process(target: Any, arguments: tuple, errors: Any) -> None:  # errors: 
     from regbench import runner
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_progress_lock()
     try:
         target(*arguments)
     except RegbenchError as err:
@@ -207,6 +208,17 @@ def _in_process(target: Any, arguments: tuple, errors: Any) -> None:  # errors: 
         return
     errors.send((message, code))
     sys.exit(code)
+
+
+def quiet_progress_lock() -> None:
+    """tqdm's default lock holds a multiprocessing semaphore; a worker that SIGTERM ends between two runs
+    exits without releasing it, and the resource tracker then warns of a leak after the command's last line.
+    A spawned worker shares no tqdm lock with its siblings anyway, so a thread lock loses nothing."""
+    import threading
+
+    from tqdm import std
+
+    std.tqdm.set_lock(threading.RLock())
 
 
 # -- the command ------------------------------------------------------------------------------------

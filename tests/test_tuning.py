@@ -397,6 +397,57 @@ def test_two_workers_and_a_sigkilled_search_keep_exactly_the_budget(tune_args, t
     assert len(finals) == 4 and {(r["status"], r["threads"]) for r in finals} == {("completed", 1)}
 
 
+WORKER_BETWEEN_RUNS = """
+import os, signal, sys, threading, time
+from pathlib import Path
+
+from regbench.tune import TrialInterrupted, run_in_processes
+
+
+def between_runs(ready):
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(2), disable=True):  # an epoch's bar, as the training loop makes one
+        pass
+    Path(ready).touch()
+    time.sleep(120)  # no run in progress: the SIGTERM passed on ends this worker at once
+
+
+def signal_when_ready(files):
+    while not all(Path(f).exists() for f in files):
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+if __name__ == "__main__":
+    files = sys.argv[1:]
+    threading.Thread(target=signal_when_ready, args=(files,), daemon=True).start()
+    try:
+        run_in_processes(between_runs, [(f,) for f in files])
+    except TrialInterrupted as err:
+        print(f"regbench tune: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+"""
+
+
+@pytest.mark.integration
+def test_workers_ended_between_runs_leave_no_semaphore_for_the_resource_tracker(tmp_path):
+    """A worker that SIGTERM ends between two runs exits without Python's clean-up; tqdm's default lock (a
+    multiprocessing semaphore) then outlived it and the resource tracker warned of a leak after the command's
+    last line (seen in CI on 2026-12-07). The error stays the last line of stderr."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "workers.py"
+    script.write_text(WORKER_BETWEEN_RUNS)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "w0"), str(tmp_path / "w1")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert "leaked" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("regbench tune: error: stopped by SIGTERM: "), done.stderr
+
+
 def live_processes_in_group(pgid: int) -> list[str]:
     """The processes of a process group that still run (not zombies: this machine's init may reap late)."""
     from pathlib import Path
@@ -440,6 +491,7 @@ def test_a_search_stopped_by_ctrl_c_or_sigterm_ends_in_one_line_and_leaves_no_wo
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + sig, err[-3000:]
     assert err.strip().splitlines()[-1].startswith(f"regbench tune: error: stopped by {signame}: "), err[-3000:]
+    assert "leaked" not in err, err[-3000:]  # a worker ended between runs left no semaphore for the tracker
     time.sleep(1)
     assert live_processes_in_group(process.pid) == []  # nothing of the command is left (zombies aside)
     for study in studies(tmp_path).values():
