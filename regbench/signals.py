@@ -32,6 +32,20 @@ def heed_stop() -> int | None:
     return signum
 
 
+def _remember(signum: int, frame: Any) -> None:
+    """SIGTERM between two runs of a worker process: kept for the next run or trial to heed (remember_stops)."""
+    _unheeded[:] = [signum]
+
+
+def remember_stops() -> None:
+    """For a process that runs one run after another (a `regbench tune` worker): SIGTERM between two runs is
+    remembered instead of ending the process at once, so that it stops at its next check (the next run's
+    start, the next trial's choice) with its storage and records consistent. Ended at once, a worker that
+    had just been given a trial left it RUNNING in the storage (seen in CI, 2026-12-07). During a run the
+    run's own handler takes over (StopSignals.watching)."""
+    signal.signal(signal.SIGTERM, _remember)
+
+
 class RunInterrupted(Exception):
     """SIGTERM or SIGINT stopped the run between two steps (the last finished epoch's checkpoint stays), or
     before it started (epoch None: the signal came as this process's previous run finished)."""
@@ -84,12 +98,15 @@ class StopSignals:
 
         owned = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR2)}
         ours = [signal.SIGINT]
-        if not callable(owned[signal.SIGTERM]):   # submitit installs a handler that ignores SIGTERM: keep it
+        # submitit installs a handler that ignores SIGTERM: keep it (a worker's remembering one is ours)
+        if not callable(owned[signal.SIGTERM]) or owned[signal.SIGTERM] is _remember:
             ours.append(signal.SIGTERM)
         if callable(owned[signal.SIGUSR2]):       # submitit's checkpoint-and-requeue
             ours.append(signal.SIGUSR2)
             self.handoff = owned[signal.SIGUSR2]
         previous = {sig: signal.signal(sig, ask_to_stop) for sig in ours}
+        if _unheeded and self.signum is None:  # remembered as this run was being built: stop before its first step
+            self.signum = _unheeded[-1]
         try:
             yield
         finally:

@@ -130,7 +130,8 @@ def work(run_overrides: list[str], tune_overrides: list[str], worker: int = 0) -
 def run_in_processes(target: Any, argument_lists: list[tuple]) -> None:
     """target(*arguments) for each argument tuple, each in a spawned process of its own, all at once; returns
     when all have ended. Ctrl-C or SIGTERM to this process goes on to them as SIGTERM: one in a run stops
-    after its step (its checkpoint stays, a trial is queued again), one between runs ends at once. Then
+    after its step (its checkpoint stays, a trial is queued again), one between runs at its next run's start
+    or trial's choice (a trial it was just given is queued again). Then
     this raises TrialInterrupted (exit 128 + the signal); else the first error a worker raised, as one line."""
     import multiprocessing
     import os
@@ -191,12 +192,14 @@ class WorkerFailed(RegbenchError):
 def _in_process(target: Any, arguments: tuple, errors: Any) -> None:  # errors: the send end of a pipe
     """A worker process: Ctrl-C reaches the whole process group, and the command's process passes it on as
     SIGTERM, so the worker ignores SIGINT itself (one landing while it talks to the storage would break that
-    commit; a run in progress handles SIGTERM and stops after its step)."""
+    commit; a run in progress handles SIGTERM and stops after its step; between runs it is remembered)."""
     import signal
 
     from regbench import runner
+    from regbench.signals import remember_stops
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    remember_stops()
     quiet_progress_lock()
     try:
         target(*arguments)
@@ -211,8 +214,8 @@ def _in_process(target: Any, arguments: tuple, errors: Any) -> None:  # errors: 
 
 
 def quiet_progress_lock() -> None:
-    """tqdm's default lock holds a multiprocessing semaphore; a worker that SIGTERM ends between two runs
-    exits without releasing it, and the resource tracker then warns of a leak after the command's last line.
+    """tqdm's default lock holds a multiprocessing semaphore; a worker ended at once (SIGKILL, or a signal
+    before it set its handlers) exits without releasing it, and the resource tracker then warns of a leak after the command's last line.
     A spawned worker shares no tqdm lock with its siblings anyway, so a thread lock loses nothing."""
     import threading
 
