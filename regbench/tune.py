@@ -215,8 +215,9 @@ def _in_process(target: Any, arguments: tuple, errors: Any) -> None:  # errors: 
 
 def quiet_progress_lock() -> None:
     """tqdm's default lock holds a multiprocessing semaphore; a worker ended at once (SIGKILL, or a signal
-    before it set its handlers) exits without releasing it, and the resource tracker then warns of a leak after the command's last line.
-    A spawned worker shares no tqdm lock with its siblings anyway, so a thread lock loses nothing."""
+    before it set its handlers) exits without releasing it, and the resource tracker then warns of a leak
+    after the command's last line. A spawned worker shares no tqdm lock with its siblings anyway, so a
+    thread lock loses nothing."""
     import threading
 
     from tqdm import std

@@ -595,7 +595,7 @@ def test_a_search_stopped_by_ctrl_c_or_sigterm_ends_in_one_line_and_leaves_no_wo
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + sig, err[-3000:]
     assert err.strip().splitlines()[-1].startswith(f"regbench tune: error: stopped by {signame}: "), err[-3000:]
-    assert "leaked" not in err, err[-3000:]  # a worker ended between runs left no semaphore for the tracker
+    assert "leaked" not in err, err[-3000:]  # no worker left a semaphore for the resource tracker
     time.sleep(1)
     assert live_processes_in_group(process.pid) == []  # nothing of the command is left (zombies aside)
     for study in studies(tmp_path).values():
